@@ -1,0 +1,356 @@
+"""Readers for survey spectrum files: SDSS/BOSS spec-lite, DESI coadds and stacks, APOGEE.
+
+Each reader returns a :class:`Spectra` (wave in Angstrom, flux/ivar of shape (N, npix)). Formats are
+recognised from a file's HDUs, never its name. Anything wrong with a file (missing, not FITS, not a
+spectrum, a column missing) raises :class:`SpecaeError` with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyWarning
+
+from specae.data.resample import loglam_grid
+from specae.data.spectra import Spectra
+from specae.errors import SpecaeError
+
+FLUX_UNIT = "1e-17 erg/s/cm2/A"
+
+# APOGEE_PIXMASK bits 0-7 (BADPIX, CRPIX, SATPIX, UNFIXABLE, BADDARK, BADFLAT, BADERR, NOSKY) mark bad
+# pixels; bits 8+ (Littrow ghost, persistence, sky/telluric lines, PSF) are warnings and are kept.
+APOGEE_BAD_BITS = 0xFF
+# APOGEE writes placeholder errors (~1e12 x the median error in apStar) at bad pixels; inflated but
+# genuine errors reach ~1e6 x the median. Above this factor a pixel weighs < 1e-10 of a typical one,
+# so treating it as "no data" loses nothing and keeps placeholders out whatever their exact value.
+APOGEE_HUGE_ERR = 1e5
+# ASPCAP parameter order of PARAM/FPARAM (aspcap_params: TEFF LOGG LOG10VDOP METALS C N
+# "O Mg Si S Ca Ti" LGVSINI O), named as the allStar tags; vmicro and vsini are log10(km/s).
+APOGEE_PARAMS = ("TEFF", "LOGG", "LOGVMICRO", "M_H", "C_M", "N_M", "ALPHA_M", "LGVSINI", "O_M")
+
+
+# -- opening and recognising files -------------------------------------------------------------------
+@contextmanager
+def _open_fits(path, kind: str | None = None):
+    """Open `path` read-only; turn missing/non-FITS files and missing HDUs/columns into SpecaeError.
+
+    kind: what the caller expects (e.g. "SDSS spec-lite"), for the error message.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpecaeError(f"{path}: {'is a directory, not a file' if path.is_dir() else 'no such file'}")
+    with warnings.catch_warnings():
+        # real survey headers carry non-standard cards (e.g. AKWISE = 'NAN'); they do not matter here
+        warnings.simplefilter("ignore", AstropyWarning)
+        try:
+            hdul = fits.open(path, memmap=False)
+        except (OSError, ValueError) as e:
+            reason = str(e).split(".")[0]  # astropy's first sentence; the rest suggests unhelpful options
+            raise SpecaeError(f"{path}: not a readable FITS file ({reason})") from None
+        with hdul:
+            try:
+                yield hdul
+            except (KeyError, IndexError) as e:
+                # a missing HDU or column: the file is damaged or of another kind than the reader expects
+                found = _sniff(hdul)
+                hint = f"; it looks like {found.upper()}" if kind and found and found not in kind.lower() else ""
+                raise SpecaeError(f"{path}: not a complete {kind or found or 'spectrum'} file ({e}){hint}") from None
+
+
+def _is_image(hdul, i: int) -> bool:
+    return i < len(hdul) and isinstance(hdul[i], (fits.PrimaryHDU, fits.ImageHDU)) and bool(hdul[i].shape)
+
+
+def _sniff(hdul) -> str | None:
+    """'sdss' | 'desi' | 'apogee' from the HDU layout, or None."""
+    names = {h.name for h in hdul}
+    if "COADD" in names and isinstance(hdul["COADD"], fits.BinTableHDU):
+        if "loglam" in [c.lower() for c in hdul["COADD"].columns.names]:
+            return "sdss"
+    if any(n.endswith("_WAVELENGTH") for n in names) or {"FLUX", "IVAR", "WAVE"} <= names:
+        return "desi"
+    if _apogee_kind(hdul):
+        return "apogee"
+    return None
+
+
+def _apogee_kind(hdul) -> str | None:
+    """'aspcapStar' | 'apStar' | 'apVisit' from the HDU layout, or None."""
+    if not (_is_image(hdul, 1) and _is_image(hdul, 2) and hdul[1].shape == hdul[2].shape):
+        return None
+    h1 = hdul[1].header
+    if _is_image(hdul, 4) and hdul[4].shape == hdul[1].shape \
+            and "WAVELENGTH" in str(hdul[4].header.get("BUNIT", "")).upper():
+        return "apVisit"  # per-pixel wavelengths in HDU4
+    loglinear = str(h1.get("CTYPE1", "")).upper() == "LOG-LINEAR" or h1.get("DC-FLAG") == 1
+    if loglinear and "CRVAL1" in h1 and "CDELT1" in h1:
+        if len(hdul) > 4 and isinstance(hdul[4], fits.BinTableHDU) and "FPARAM" in hdul[4].columns.names:
+            return "aspcapStar"
+        return "apStar"
+    return None
+
+
+def detect_format(path) -> str:
+    """Survey format of a spectrum file: 'sdss', 'desi' or 'apogee' (from its HDUs, not its name)."""
+    with _open_fits(path) as hdul:
+        return _require_format(hdul, path)
+
+
+def _require_format(hdul, path) -> str:
+    fmt = _sniff(hdul)
+    if fmt is None:
+        layout = ", ".join(h.name or f"HDU{i}" for i, h in enumerate(hdul))
+        raise SpecaeError(f"{path}: FITS file is not a recognised SDSS, DESI or APOGEE spectrum (HDUs: {layout})")
+    return fmt
+
+
+def read_spectra(path) -> Spectra:
+    """Read any supported spectrum file, dispatching on :func:`detect_format`."""
+    with _open_fits(path) as hdul:
+        fmt = _require_format(hdul, path)
+        return {"sdss": _sdss, "desi": _desi, "apogee": _apogee}[fmt](hdul, Path(path))
+
+
+# -- SDSS ------------------------------------------------------------------------------------------------
+def read_sdss(path) -> Spectra:
+    """SDSS/BOSS spec-lite file (also ``gelato-*.fits``): one spectrum, flux in 1e-17 erg/s/cm2/A.
+
+    Pixels with ``and_mask != 0`` (bad in every exposure) are masked. Labels from SPECOBJ: Z, Z_ERR,
+    ZWARNING, CLASS, SUBCLASS (strings stripped). ids: PLATE-MJD-FIBERID, else the file stem.
+    """
+    with _open_fits(path, "SDSS spec-lite") as hdul:
+        return _sdss(hdul, Path(path))
+
+
+def _sdss(hdul, path: Path) -> Spectra:
+    c = hdul["COADD"].data
+    loglam = np.asarray(c["loglam"], dtype=np.float64)
+    # loglam is float32 (~0.005 A error); the SDSS grid is exact multiples of 1e-4 dex, so restore it
+    snapped = np.round(loglam, 4)
+    if np.allclose(snapped, loglam, rtol=0, atol=1e-6):
+        loglam = snapped
+    flux = np.asarray(c["flux"], dtype=np.float64)[None]
+    ivar = np.asarray(c["ivar"], dtype=np.float64)[None]
+    mask = (np.asarray(c["and_mask"]) != 0)[None]
+    labels, ids = {}, np.array([path.stem])
+    if "SPECOBJ" in hdul:
+        s = hdul["SPECOBJ"].data[:1]
+        labels = {k: np.asarray(s[k]) for k in ("Z", "Z_ERR", "ZWARNING")}
+        labels |= {k: np.char.strip(np.asarray(s[k]).astype(str)) for k in ("CLASS", "SUBCLASS")}
+        ids = np.array([f"{s['PLATE'][0]:04d}-{s['MJD'][0]:05d}-{s['FIBERID'][0]:04d}"])
+    return Spectra(10 ** loglam, flux, ivar, mask, labels, ids, meta={"flux_unit": FLUX_UNIT, "source": "sdss"})
+
+
+# -- DESI ------------------------------------------------------------------------------------------------
+def read_desi(path, redrock=None) -> Spectra:
+    """DESI coadd (B/R/Z arms merged onto one grid) or a desigal stack file (FLUX/IVAR/WAVE).
+
+    Coadd arms share one linear 0.8 A grid; the merged grid is their union, and where arms overlap the
+    flux is the ivar-weighted mean and ivar the sum. ``{arm}_MASK != 0`` is masked. ids are TARGETIDs.
+    Labels Z, ZERR, ZWARN, SPECTYPE come from `redrock` (default: the sibling file named with
+    'coadd' -> 'redrock', if it exists), matched by TARGETID; targets it lacks get NaN/-1/"".
+    Stacks are rest-frame and normalised; their STACKINFO columns become labels.
+    """
+    with _open_fits(path, "DESI") as hdul:
+        return _desi(hdul, Path(path), redrock)
+
+
+def _desi(hdul, path: Path, redrock=None) -> Spectra:
+    if "WAVE" in hdul:
+        return _desi_stack(hdul, path)
+    arms = sorted((h.name[:-len("_WAVELENGTH")] for h in hdul if h.name.endswith("_WAVELENGTH")),
+                  key=lambda a: hdul[f"{a}_WAVELENGTH"].data[0])
+    if not arms:
+        raise SpecaeError(f"{path}: not a DESI file (no X_WAVELENGTH or WAVE HDU); it is {_sniff(hdul) or 'unknown'}")
+    waves = [np.asarray(hdul[f"{a}_WAVELENGTH"].data, dtype=np.float64) for a in arms]
+    # pixel index of every arm pixel on the shared linear grid (overlap wavelengths differ by ~1e-10 A)
+    step, w0 = float(np.median(np.diff(waves[0]))), min(w[0] for w in waves)
+    idx = [np.rint((w - w0) / step).astype(np.int64) for w in waves]
+    if any(np.abs(w - (w0 + i * step)).max() > 1e-3 * step for w, i in zip(waves, idx)):
+        raise SpecaeError(f"{path}: the DESI arms {arms} are not on one common linear wavelength grid")
+    wave = w0 + step * np.arange(max(i[-1] for i in idx) + 1)
+    nspec = hdul[f"{arms[0]}_FLUX"].shape[0]
+    wsum, wflux = np.zeros((nspec, wave.size)), np.zeros((nspec, wave.size))
+    for arm, w, i in zip(arms, waves, idx):
+        wave[i] = w  # keep the file's own wavelengths
+        flux = np.asarray(hdul[f"{arm}_FLUX"].data, dtype=np.float64)
+        ivar = np.asarray(hdul[f"{arm}_IVAR"].data, dtype=np.float64)
+        good = (np.asarray(hdul[f"{arm}_MASK"].data) == 0) & np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)
+        ivar = np.where(good, ivar, 0.0)
+        wsum[:, i] += ivar
+        wflux[:, i] += ivar * np.where(good, flux, 0.0)
+    flux = wflux / np.where(wsum > 0, wsum, 1.0)
+
+    targetid = np.asarray(hdul["FIBERMAP"].data["TARGETID"])
+    if targetid.shape != (nspec,):
+        raise SpecaeError(f"{path}: FIBERMAP has {targetid.size} rows for {nspec} spectra")
+    return Spectra(wave, flux, wsum, wsum == 0, _redrock_labels(path, redrock, targetid), targetid.astype(str),
+                   meta={"flux_unit": FLUX_UNIT, "source": "desi"})
+
+
+def _redrock_labels(coadd: Path, redrock, targetid: np.ndarray) -> dict:
+    """Z, ZERR, ZWARN, SPECTYPE for each TARGETID from a redrock file's REDSHIFTS HDU ({} if none)."""
+    if redrock is None:
+        sibling = coadd.with_name(coadd.name.replace("coadd", "redrock"))
+        if "coadd" not in coadd.name or not sibling.is_file():
+            return {}
+        redrock = sibling
+    with _open_fits(redrock, "DESI redrock") as hdul:
+        z = hdul["REDSHIFTS"].data
+        tid = np.asarray(z["TARGETID"])
+        order = np.argsort(tid)
+        pick = order[np.clip(np.searchsorted(tid, targetid, sorter=order), 0, tid.size - 1)]
+        found = tid[pick] == targetid
+        return {"Z": np.where(found, z["Z"][pick], np.nan),
+                "ZERR": np.where(found, z["ZERR"][pick], np.nan),
+                "ZWARN": np.where(found, z["ZWARN"][pick], -1),  # -1: no redrock row for this target
+                "SPECTYPE": np.where(found, np.char.strip(np.asarray(z["SPECTYPE"][pick]).astype(str)), "")}
+
+
+def _desi_stack(hdul, path: Path) -> Spectra:
+    wave = np.asarray(hdul["WAVE"].data, dtype=np.float64)
+    flux = np.atleast_2d(np.asarray(hdul["FLUX"].data, dtype=np.float64))
+    ivar = np.atleast_2d(np.asarray(hdul["IVAR"].data, dtype=np.float64))
+    labels, ids = {}, np.array([f"{path.stem}-{k}" for k in range(len(flux))])
+    if "STACKINFO" in hdul and len(hdul["STACKINFO"].data) == len(flux):
+        info = hdul["STACKINFO"].data
+        labels = {c: np.asarray(info[c]) for c in info.columns.names if np.asarray(info[c]).ndim == 1}
+        if "STACKID" in labels:
+            ids = np.array([f"{path.stem}-{k}" for k in labels["STACKID"]])
+    bad = ~np.isfinite(flux) | ~np.isfinite(ivar)
+    return Spectra(wave, np.where(bad, 0.0, flux), np.where(bad, 0.0, ivar), bad, labels, ids,
+                   meta={"flux_unit": "normalised", "source": "desi", "frame": "rest"})
+
+
+# -- APOGEE ----------------------------------------------------------------------------------------------
+def read_apogee(path) -> Spectra:
+    """APOGEE aspcapStar, apStar or apVisit file: one spectrum (vacuum wavelengths, 15100-17000 A).
+
+    aspcapStar: continuum-normalised, rest frame; labels FPARAM (see APOGEE_PARAMS, -9999 -> NaN), SNR,
+    VHELIO. apStar: only the first row, the combined spectrum (later rows are a second weighting and
+    the individual visits; for one visit the second row is empty), rest frame, 1e-17 erg/s/cm2/A.
+    apVisit: the three chips' own pixels in increasing wavelength, chip gaps filled with masked pixels
+    at the local spacing (so rebinning cannot smear chip-edge pixels over the gaps); observed frame.
+    apStar/apVisit labels: SNR, VHELIO and the RV-fit RV_TEFF, RV_LOGG, RV_FEH.
+    Masked: error <= 0 or > APOGEE_HUGE_ERR x the median error, flux 0 or non-finite, and (apStar,
+    apVisit) the bad-pixel bits APOGEE_BAD_BITS. ivar = 1/error^2.
+    """
+    with _open_fits(path, "APOGEE") as hdul:
+        return _apogee(hdul, Path(path))
+
+
+def _apogee(hdul, path: Path) -> Spectra:
+    kind = _apogee_kind(hdul)
+    if kind is None:
+        raise SpecaeError(f"{path}: not an APOGEE aspcapStar, apStar or apVisit file")
+    if kind == "apVisit":
+        return _apvisit(hdul, path)
+    h1 = hdul[1].header
+    npix = hdul[1].shape[-1]
+    loglam = h1["CRVAL1"] + h1["CDELT1"] * (np.arange(npix) + 1 - h1.get("CRPIX1", 1))
+    flux = np.atleast_2d(np.asarray(hdul[1].data, dtype=np.float64))[:1]
+    err = np.atleast_2d(np.asarray(hdul[2].data, dtype=np.float64))[:1]
+    if kind == "aspcapStar":
+        t = hdul[4].data[:1]
+        fparam = np.asarray(t["FPARAM"], dtype=np.float64).reshape(1, -1)
+        fparam[fparam <= -9999] = np.nan  # ASPCAP's "not determined"
+        labels = {name: fparam[:, k] for k, name in enumerate(APOGEE_PARAMS[:fparam.shape[1]])}
+        labels |= {k: np.asarray(t[k], dtype=np.float64) for k in ("SNR", "VHELIO")}
+        ids = np.char.strip(np.asarray(t["APOGEE_ID"]).astype(str))
+        flux, ivar, mask = _apogee_ivar(flux, err, np.zeros(flux.shape, bool))
+        meta = {"flux_unit": "continuum-normalised", "source": "apogee", "frame": "rest"}
+    else:
+        bits = np.atleast_2d(np.asarray(hdul[3].data, dtype=np.int64))[:1]
+        flux, ivar, mask = _apogee_ivar(flux, err, (bits & APOGEE_BAD_BITS) != 0)
+        head = hdul[0].header
+        labels = _header_labels(head, {k: k for k in ("SNR", "VHELIO", "RV_TEFF", "RV_LOGG", "RV_FEH")})
+        ids = np.array([str(head.get("OBJID", path.stem)).strip()])
+        meta = {"flux_unit": FLUX_UNIT, "source": "apogee", "frame": "rest"}
+    return Spectra(10 ** loglam, flux, ivar, mask, labels, ids, meta=meta)
+
+
+def _apvisit(hdul, path: Path) -> Spectra:
+    wave = np.asarray(hdul[4].data, dtype=np.float64)
+    flux = np.asarray(hdul[1].data, dtype=np.float64)
+    err = np.asarray(hdul[2].data, dtype=np.float64)
+    bits = np.asarray(hdul[3].data, dtype=np.int64)
+    # chips are stored red to blue, each in decreasing wavelength: flip both to increasing order
+    order = np.argsort(wave[:, 0])
+    wave, flux, err, bits = (a[order, ::-1] for a in (wave, flux, err, bits))
+    if not np.all(np.diff(wave, axis=1) > 0) or not np.all(wave[1:, 0] > wave[:-1, -1]):
+        raise SpecaeError(f"{path}: apVisit chips are not monotonic, non-overlapping wavelength ranges")
+    waves, parts = [wave[0]], [(flux[0], err[0], bits[0])]
+    for k in range(1, len(wave)):
+        lo, hi = wave[k - 1, -1], wave[k, 0]
+        dw = 0.5 * (wave[k - 1, -1] - wave[k - 1, -2] + wave[k, 1] - wave[k, 0])
+        gap = np.linspace(lo, hi, max(int(round((hi - lo) / dw)), 1) + 1)[1:-1]
+        waves += [gap, wave[k]]
+        parts += [(np.zeros(gap.size), np.zeros(gap.size), np.zeros(gap.size, np.int64)), (flux[k], err[k], bits[k])]
+    flux, err, bits = (np.concatenate(p)[None] for p in zip(*parts))
+    flux, ivar, mask = _apogee_ivar(flux, err, (bits & APOGEE_BAD_BITS) != 0)
+
+    head = hdul[0].header
+    labels = _header_labels(head, {"SNR": "SNR", "VHELIO": "VHELIO", "RV_TEFF": "RVTEFF", "RV_LOGG": "RVLOGG",
+                                   "RV_FEH": "RVFEH"})
+    visit = f"{str(head.get('PLATE', '')).strip()}-{head.get('MJD5', '')}-{head.get('FIBERID', '')}"
+    ids = np.array([f"{str(head.get('OBJID', path.stem)).strip()}:{visit}"])
+    return Spectra(np.concatenate(waves), flux, ivar, mask, labels, ids,
+                   meta={"flux_unit": FLUX_UNIT, "source": "apogee", "frame": "observed"})
+
+
+def _header_labels(head, keys: dict[str, str]) -> dict:
+    """Label name -> (1,) float array from header keyword (NaN where the keyword is absent)."""
+    return {name: np.array([float(head.get(key, np.nan))]) for name, key in keys.items()}
+
+
+def _apogee_ivar(flux: np.ndarray, err: np.ndarray, bad: np.ndarray):
+    """(flux, ivar, mask), each (N, npix), from APOGEE flux and 1-sigma error arrays."""
+    ok = ~bad & np.isfinite(flux) & (flux != 0) & np.isfinite(err) & (err > 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # rows without a valid pixel
+        typical = np.nanmedian(np.where(ok, err, np.nan), axis=1, keepdims=True)
+    ok &= err < APOGEE_HUGE_ERR * np.where(np.isfinite(typical), typical, 0.0)
+    e = np.where(ok, err, 1.0)
+    return np.where(ok, flux, 0.0), np.where(ok, 1.0 / e**2, 0.0), ~ok
+
+
+# -- many files --------------------------------------------------------------------------------------------
+def read_many(paths, wave=None) -> Spectra:
+    """Read several files onto one grid and stack them.
+
+    wave: target grid in Angstrom; default a log-linear grid with the median of the files' median
+    log10 steps, covering the union of their ranges. Each file is rebinned with `Spectra.resample`.
+    Labels missing from some files are kept, filled with NaN (numeric) or "" (string). All files must
+    share flux unit and frame (normalise/shift them first otherwise).
+    """
+    paths = list(paths)
+    if not paths:
+        raise SpecaeError("read_many: no files given")
+    items = [read_spectra(p) for p in paths]
+    for key in ("flux_unit", "frame"):
+        for p, s in zip(paths, items):
+            if s.meta[key] != items[0].meta[key]:
+                raise SpecaeError(f"read_many: {p} has {key} {s.meta[key]!r} but {paths[0]} has "
+                                  f"{items[0].meta[key]!r}; read them separately")
+    if wave is None:
+        step = float(np.median([np.median(np.diff(np.log10(s.wave))) for s in items]))
+        # half a step of headroom so float rounding in `step` cannot drop the last pixel of the union
+        wave = loglam_grid(min(s.wave[0] for s in items), max(s.wave[-1] for s in items) * 10 ** (0.5 * step), step)
+    wave = np.asarray(wave, dtype=np.float64)
+    items = [s if np.array_equal(s.wave, wave) else s.resample(wave) for s in items]
+
+    kinds = {}
+    for s in items:
+        for k, v in s.labels.items():
+            kinds.setdefault(k, v.dtype.kind in "USO")
+    for s in items:
+        for k, is_str in kinds.items():
+            if k not in s.labels:
+                s.labels[k] = np.full(len(s), "" if is_str else np.nan)
+    out = Spectra.concatenate(items)
+    out.meta["source"] = "+".join(dict.fromkeys(s.meta["source"] for s in items))
+    return out

@@ -1,0 +1,29 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_dir(name: str) -> Path:
+    """../shared/data/NAME beside the checkout, or skip the test with the reason."""
+    d = SHARED / name
+    if not d.is_dir():
+        pytest.skip(f"reference data folder {d} is absent (it sits beside the checkout in CI)")
+    return d
+
+
+@pytest.fixture
+def small_spectra():
+    from specae.data.resample import loglam_grid
+    from specae.data.spectra import Spectra
+
+    rng = np.random.default_rng(0)
+    wave = loglam_grid(4000, 5000, 1e-3)
+    n = 9
+    ivar = rng.uniform(1, 10, (n, wave.size))
+    ivar[0, :5] = 0
+    return Spectra(wave, rng.normal(1, 0.1, (n, wave.size)), ivar,
+                   labels={"Z": np.linspace(0.01, 0.3, n), "CLASS": np.array(["GALAXY", "QSO", "STAR"] * 3)},
+                   ids=[f"obj{i}" for i in range(n)], meta={"source": "test", "flux_unit": "arb"})
