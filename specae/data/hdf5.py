@@ -39,8 +39,11 @@ def atomic_path(path) -> Iterator[Path]:
         raise SpecaeError(f"{path}: output directory {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -58,7 +61,8 @@ def write_h5(spectra: Spectra, path, extra: dict[str, np.ndarray] | None = None)
         f.create_dataset("wave", data=spectra.wave.astype(np.float64))
         for name, arr, dtype in (("flux", spectra.flux, np.float32), ("ivar", spectra.ivar, np.float32),
                                  ("mask", spectra.mask, bool)):
-            f.create_dataset(name, data=arr.astype(dtype), chunks=(rows, npix) if n else None)
+            f.create_dataset(name, data=arr.astype(dtype), chunks=(rows, npix) if n else None,
+                             compression="gzip" if n else None, compression_opts=4 if n else None, shuffle=bool(n))
         f.create_dataset("scale", data=spectra.scale)
         write_ids_labels(f, spectra.ids, spectra.labels)
         for k, v in (extra or {}).items():
