@@ -1,0 +1,18 @@
+"""Quality figures for denoised spectra against a known truth."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def rmse(pred: np.ndarray, truth: np.ndarray, where: np.ndarray | None = None) -> float:
+    """Root-mean-square difference over the pixels selected by `where` (default: all)."""
+    d = (pred - truth) if where is None else (pred - truth)[where]
+    return float(np.sqrt(np.mean(d ** 2)))
+
+
+def coverage(pred: np.ndarray, sigma: np.ndarray, truth: np.ndarray, k: float = 1.0,
+             where: np.ndarray | None = None) -> float:
+    """Fraction of pixels whose true value lies within +-k sigma of the prediction (0.683 for k=1 if calibrated)."""
+    inside = np.abs(pred - truth) <= k * sigma
+    return float(np.mean(inside if where is None else inside[where]))

@@ -1,0 +1,69 @@
+"""Checkpoints: a directory with config.json (plain JSON) and weights.pt (tensors only).
+
+Loading uses torch.load(weights_only=True), so a checkpoint can never run code.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import torch
+
+from specae.data.hdf5 import atomic_path
+from specae.errors import SpecaeError
+from specae.models.config import ModelConfig
+from specae.models.vae import SpectrumVAE
+
+
+def save_model(model: SpectrumVAE, directory, history: dict | None = None, train_state: dict | None = None) -> None:
+    """Write config.json, weights.pt and optionally history.json / train_state.pt, each atomically."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    rest = model.decoder.loglam_rest
+    blob = {"state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "wave": torch.from_numpy(model.wave)}
+    if rest is not None:
+        blob["wave_rest"] = 10 ** rest.cpu()
+    with atomic_path(d / "weights.pt") as tmp:
+        torch.save(blob, tmp)
+    with atomic_path(d / "config.json") as tmp:
+        tmp.write_text(model.cfg.to_json())
+    if history is not None:
+        with atomic_path(d / "history.json") as tmp:
+            tmp.write_text(json.dumps(history, indent=1))
+    if train_state is not None:
+        with atomic_path(d / "train_state.pt") as tmp:
+            torch.save(train_state, tmp)
+
+
+def load_model(directory, map_location="cpu") -> SpectrumVAE:
+    """Rebuild a SpectrumVAE from a checkpoint directory written by `save_model`."""
+    d = Path(directory)
+    for name in ("config.json", "weights.pt"):
+        if not (d / name).is_file():
+            raise SpecaeError(f"{d}: not a specae model (missing {name})")
+    try:
+        cfg = ModelConfig.from_json((d / "config.json").read_text())
+        blob = torch.load(d / "weights.pt", map_location=map_location, weights_only=True)
+        wave_rest = blob.get("wave_rest")
+        model = SpectrumVAE(cfg, blob["wave"].numpy(), None if wave_rest is None else wave_rest.numpy())
+        model.load_state_dict(blob["state"])
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, OSError,
+            pickle.UnpicklingError) as e:
+        raise SpecaeError(f"{d}: damaged or incompatible checkpoint ({str(e).splitlines()[0]})") from None
+    return model.eval()
+
+
+def load_json(path) -> dict | None:
+    p = Path(path)
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def load_train_state(directory) -> dict | None:
+    p = Path(directory) / "train_state.pt"
+    return torch.load(p, map_location="cpu", weights_only=True) if p.is_file() else None
+
+
+__all__ = ["save_model", "load_model", "load_train_state", "load_json"]

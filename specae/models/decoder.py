@@ -1,0 +1,115 @@
+"""Decoder: latent z -> mean spectrum mu(x|z) and model scatter sigma_model(x|z) on the pixel grid.
+
+Two bodies share one head: an MLP (fast to train, good default for a few thousand spectra) and a
+convolutional stack (dense stage to a coarse grid, x4 upsampling rounds that see a wavelength-position
+encoding, then a per-pixel output layer, so features at fixed wavelengths are cheap to learn).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from specae.models.config import ModelConfig
+
+
+class MLPBody(nn.Module):
+    """z (B, K) -> (B, 2, n): widths cfg.dec_hidden, then one dense layer to 2 outputs per pixel."""
+
+    def __init__(self, cfg: ModelConfig, n: int):
+        super().__init__()
+        widths = (cfg.latent_dim,) + tuple(cfg.dec_hidden)
+        layers = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b), nn.GELU()]
+        self.hidden = nn.Sequential(*layers)
+        self.out = nn.Linear(widths[-1], 2 * n)
+        nn.init.zeros_(self.out.weight)   # start at the linear model; the nonlinear part grows from zero
+        nn.init.zeros_(self.out.bias)
+        self.n = n
+
+    def forward(self, z):
+        return self.out(self.hidden(z)).view(-1, 2, self.n)
+
+
+class PerPixelLinear(nn.Module):
+    """A 1x1 convolution with its own weights at every pixel: (B, C, n) -> (B, out, n)."""
+
+    def __init__(self, channels: int, n: int, out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n, channels, out))   # starts at the linear model
+        self.bias = nn.Parameter(torch.zeros(n, out))
+
+    def forward(self, h):
+        return torch.einsum("bcp,pco->bop", h, self.weight) + self.bias.T
+
+
+class ConvBody(nn.Module):
+    """z (B, K) -> dense -> (B, C, n / 64) -> 3 x [upsample x4, concat position, conv] -> per-pixel layer."""
+
+    n_pos = 9   # wavelength-position channels: x and sin/cos at 4 frequencies
+
+    def __init__(self, cfg: ModelConfig, n: int):
+        super().__init__()
+        c, self.n = cfg.conv_channels, n
+        self.coarse = math.ceil(n / cfg.conv_coarse)
+        self.dense = nn.Sequential(nn.Linear(cfg.latent_dim, 256), nn.GELU(), nn.Linear(256, c * self.coarse))
+        self.convs = nn.ModuleList(nn.Conv1d(c + self.n_pos, c, 5, padding=2) for _ in range(3))
+        self.out = PerPixelLinear(c, n, 2)
+
+    def _position(self, length: int, device) -> torch.Tensor:
+        x = torch.linspace(-1, 1, length, device=device)
+        feats = [x] + [f(math.pi * 2 ** k * x) for k in range(4) for f in (torch.sin, torch.cos)]
+        return torch.stack(feats)                                        # (n_pos, length)
+
+    def forward(self, z):
+        h = F.gelu(self.dense(z)).view(z.shape[0], -1, self.coarse)      # (B, C, n / 64)
+        for conv in self.convs:
+            h = F.interpolate(h, scale_factor=4, mode="linear", align_corners=False)
+            pos = self._position(h.shape[-1], h.device).expand(h.shape[0], -1, -1)
+            h = F.gelu(conv(torch.cat([h, pos], 1)))                     # (B, C, 4 * length)
+        h = F.interpolate(h, size=self.n, mode="linear", align_corners=False)
+        return self.out(h)                                               # (B, 2, n)
+
+
+class Decoder(nn.Module):
+    """z -> (mu, sigma_model) on the observed grid.
+
+    mu = mean spectrum + z @ linear + body(z): the linear term starts as the weighted-PCA components
+    (scaled to unit prior variance), so training begins at the PCA solution and the nonlinear body only
+    has to learn what PCA misses. sigma_model = floor + softplus(...), so the model scatter can never
+    collapse to zero. In redshift mode the body works on a rest-frame log-lambda grid and the result is
+    shifted to each spectrum's observed frame by linear interpolation in log-lambda (differentiable).
+    """
+
+    def __init__(self, cfg: ModelConfig, loglam_obs: torch.Tensor, loglam_rest: torch.Tensor | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("loglam_obs", loglam_obs.double())                    # (npix,)
+        self.register_buffer("loglam_rest", None if loglam_rest is None else loglam_rest.double())
+        n = cfg.npix if loglam_rest is None else loglam_rest.numel()
+        self.body = (MLPBody if cfg.decoder == "mlp" else ConvBody)(cfg, n)
+        self.mean = nn.Parameter(torch.zeros(n))              # set to the weighted mean spectrum at fit
+        self.linear = nn.Parameter(torch.zeros(cfg.latent_dim, n))   # set to scaled PCA components at fit
+        self.log_sigma0 = nn.Parameter(torch.full((n,), -4.0))
+
+    def forward(self, z: torch.Tensor, redshift: torch.Tensor | None = None):
+        """z: (B, K); redshift: (B,) in redshift mode. Returns mu, sigma_model: (B, npix)."""
+        out = self.body(z)
+        mu = self.mean + z @ self.linear + out[:, 0]
+        sigma = self.cfg.sigma_floor + F.softplus(self.log_sigma0 + out[:, 1])
+        if self.loglam_rest is not None:
+            mu, sigma = self.to_observed(mu, redshift), self.to_observed(sigma, redshift)
+        return mu, sigma
+
+    def to_observed(self, rest: torch.Tensor, redshift: torch.Tensor) -> torch.Tensor:
+        """Rest-frame (B, n_rest) -> observed-frame (B, npix) for redshifts (B,)."""
+        l0, step = self.loglam_rest[0], self.loglam_rest[1] - self.loglam_rest[0]
+        pos = (self.loglam_obs[None] - torch.log10(1 + redshift.double())[:, None] - l0) / step
+        pos = pos.clamp(0, rest.shape[1] - 1)
+        i0 = pos.floor().long().clamp(max=rest.shape[1] - 2)
+        frac = (pos - i0).to(rest.dtype)
+        return torch.gather(rest, 1, i0) * (1 - frac) + torch.gather(rest, 1, i0 + 1) * frac
