@@ -60,12 +60,7 @@ def build_model(train: Spectra, cfg: ModelConfig) -> SpectrumVAE:
     cfg = replace(cfg, npix=train.npix, ivar_scale=float(np.median(np.sqrt(norm.ivar[good]))))
     wave_rest = None
     if cfg.redshift:
-        if cfg.redshift not in train.labels:
-            raise SpecaeError(f"--redshift {cfg.redshift}: the training data have no such label "
-                              f"(labels: {sorted(train.labels) or 'none'})")
-        z = np.asarray(train.labels[cfg.redshift], dtype=float)
-        if not np.all(np.isfinite(z)) or np.any(z <= -1):
-            raise SpecaeError(f"label {cfg.redshift!r} has non-finite or <= -1 redshifts")
+        z = train.redshifts(cfg.redshift)
         # rest grid at half the observed log step, with room for redshifts a little outside the training range
         step = float(np.median(np.diff(np.log10(train.wave)))) / 2
         margin = 10 ** 0.01

@@ -27,3 +27,14 @@ def small_spectra():
     return Spectra(wave, rng.normal(1, 0.1, (n, wave.size)), ivar,
                    labels={"Z": np.linspace(0.01, 0.3, n), "CLASS": np.array(["GALAXY", "QSO", "STAR"] * 3)},
                    ids=[f"obj{i}" for i in range(n)], meta={"source": "test", "flux_unit": "arb"})
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models train faster on one thread, and leave the other core to the rest of the machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -27,12 +27,7 @@ SMALL = dict(latent_dim=3, dec_hidden=(16, 32), enc_channels=(8, 8, 8), enc_hidd
              conv_channels=8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_cfg(npix=WAVE.size, **kw) -> ModelConfig:

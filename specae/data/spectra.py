@@ -148,6 +148,18 @@ class Spectra:
         s = self.scale[:, None]
         return (flux * s) if sigma is None else (flux * s, sigma * s)
 
+    def redshifts(self, label: str) -> np.ndarray:
+        """(N,) float redshifts from label `label`, checked to be finite and > -1."""
+        if label not in self.labels:
+            raise SpecaeError(f"redshift label {label!r} is not in the data (labels: {sorted(self.labels) or 'none'})")
+        try:
+            z = np.asarray(self.labels[label], dtype=np.float64)
+        except ValueError:
+            raise SpecaeError(f"label {label!r} does not hold numbers") from None
+        if not np.all(np.isfinite(z)) or np.any(z <= -1):
+            raise SpecaeError(f"label {label!r} has non-finite or <= -1 redshifts")
+        return z
+
     # -- grids ---------------------------------------------------------------------------------
     def resample(self, wave: np.ndarray) -> "Spectra":
         """Rebin onto another grid, conserving flux density per pixel and propagating ivar.
@@ -175,7 +187,7 @@ class Spectra:
         log-linear grid with the input's median log step covering all shifted spectra. Flux density
         values are kept as they are (normalise afterwards); ivar is propagated by `resample`.
         """
-        z = self.labels[z] if isinstance(z, str) else np.asarray(z, dtype=float)
+        z = self.redshifts(z) if isinstance(z, str) else np.asarray(z, dtype=float)
         if z.shape != (len(self),) or not np.all(np.isfinite(z)) or np.any(z <= -1):
             raise SpecaeError("to_rest_frame needs one finite redshift > -1 per spectrum")
         if wave is None:

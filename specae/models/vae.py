@@ -66,15 +66,7 @@ class SpectrumVAE(nn.Module):
             raise SpecaeError(f"spectra are on a different wavelength grid ({spectra.npix} pixels, "
                               f"{spectra.wave[0]:.1f}-{spectra.wave[-1]:.1f} A) than the model "
                               f"({self.cfg.npix} pixels); resample them onto the model's grid first")
-        z = None
-        if self.cfg.redshift:
-            if self.cfg.redshift not in spectra.labels:
-                raise SpecaeError(f"the model decodes in the rest frame and needs label {self.cfg.redshift!r}, "
-                                  f"which the input lacks (labels: {sorted(spectra.labels) or 'none'})")
-            z = np.asarray(spectra.labels[self.cfg.redshift], dtype=np.float64)
-            if not np.all(np.isfinite(z)) or np.any(z <= -1):
-                raise SpecaeError(f"label {self.cfg.redshift!r} has non-finite or <= -1 redshifts")
-            z = torch.from_numpy(z).float()
+        z = torch.from_numpy(spectra.redshifts(self.cfg.redshift)).float() if self.cfg.redshift else None
         norm = spectra.normalise(self.cfg.norm_window)
         return Batch(torch.from_numpy(norm.flux), torch.from_numpy(norm.ivar), z), norm
 
@@ -93,11 +85,10 @@ class SpectrumVAE(nn.Module):
         Prior c ~ N(0, basis_var), so spectra with little or no data get coefficients near 0 and large
         variances instead of noise. Returned in prior units: c / sqrt(var_prior), log(var_post / var_prior).
         """
-        basis = self._observed(self.basis, b)                                     # (1|B, P, npix)
-        normal = torch.einsum("bpn,bn,bqn->bpq", basis.expand(len(b), -1, -1), b.ivar, basis.expand(len(b), -1, -1))
-        normal = normal + torch.diag(1 / self.basis_var)
+        basis = self._observed(self.basis, b).expand(len(b), -1, -1)              # (B, P, npix)
+        normal = torch.einsum("bpn,bn,bqn->bpq", basis, b.ivar, basis) + torch.diag(1 / self.basis_var)
         cov = torch.linalg.inv(normal)                                            # (B, P, P)
-        c = torch.einsum("bpq,bq->bp", cov, torch.einsum("bpn,bn->bp", basis.expand(len(b), -1, -1), b.ivar * resid))
+        c = torch.einsum("bpq,bq->bp", cov, torch.einsum("bpn,bn->bp", basis, b.ivar * resid))
         var = torch.diagonal(cov, dim1=1, dim2=2)
         return torch.cat([c / self.basis_var.sqrt(), torch.log(var / self.basis_var)], 1)
 

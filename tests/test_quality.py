@@ -1,0 +1,78 @@
+"""What the models must reach, on small sets (the full-size figures come from benchmarks/denoise.py)."""
+
+import numpy as np
+import pytest
+import torch
+
+from specae.baselines import WeightedPCA
+from specae.data.payne import PayneEmulator
+from specae.data.spectra import Spectra
+from specae.data.synthetic import add_noise, galaxy_spectra
+from specae.denoise import denoise
+from specae.metrics import coverage, rmse
+from specae.models.config import ModelConfig
+from specae.train import TrainConfig, fit
+from tests.conftest import shared_dir
+
+
+def window(s: Spectra, a: int, b: int) -> Spectra:
+    return Spectra(s.wave[a:b], s.flux[:, a:b], s.ivar[:, a:b], s.mask[:, a:b], s.labels, s.ids, s.scale, s.meta)
+
+
+@pytest.fixture(scope="module")
+def payne_run():
+    emu = PayneEmulator(shared_dir("payne"))
+    noisy, clean = emu.mock(1600, seed=11)
+    a, b = 0, 2400   # the blue chip: keeps the test fast
+    noisy, clean = window(noisy, a, b), window(clean, a, b)
+    ev = ~emu.bad_pixels[a:b]
+    train, test, truth = noisy[:1300], noisy[1300:], clean.flux[1300:]
+    torch.manual_seed(0)
+    fit_set, val = train.split((0.85, 0.15), seed=0)
+    model, hist = fit(fit_set, val, ModelConfig(npix=train.npix, latent_dim=6),
+                      TrainConfig(epochs=40, max_minutes=1.5, patience=8, progress=False))
+    d = denoise(model, test, n_samples=32)
+    pca_flux, _ = WeightedPCA(6).fit(train).denoise(test)
+    return d, pca_flux, test, truth, np.broadcast_to(ev, truth.shape), hist
+
+
+def test_vae_beats_weighted_pca_on_held_out_apogee_emulator_spectra(payne_run):
+    d, pca_flux, test, truth, ev, hist = payne_run
+    r_vae, r_pca = rmse(d.flux, truth, ev), rmse(pca_flux, truth, ev)
+    print(f"VAE {r_vae:.5f} PCA {r_pca:.5f} ratio {r_vae / r_pca:.3f} epochs {len(hist['epoch'])}")
+    assert r_vae < 0.9 * r_pca
+    assert r_vae < 0.25 * rmse(test.flux, truth, ev & ~test.mask)
+
+
+def test_vae_sigma_is_calibrated_on_all_pixels_masked_included(payne_run):
+    d, _, test, truth, ev, hist = payne_run
+    c1, c2 = coverage(d.flux, d.sigma, truth, 1, ev), coverage(d.flux, d.sigma, truth, 2, ev)
+    c_masked = coverage(d.flux, d.sigma, truth, 1, ev & test.mask)
+    print(f"coverage 1 sigma {c1:.3f}, 2 sigma {c2:.3f}, masked pixels {c_masked:.3f}, scale {hist['sigma_scale']:.3f}")
+    assert 0.60 <= c1 <= 0.76 and 0.90 <= c2 <= 0.98
+    assert 0.5 <= c_masked <= 0.85
+    assert np.all(np.isfinite(d.sigma)) and np.all(d.sigma > 0)
+
+
+@pytest.mark.parametrize("mode", ["rest"])
+def test_rest_frame_vae_halves_the_noise_on_galaxies(mode):
+    clean = galaxy_spectra(1100, seed=5)
+    noisy = add_noise(clean, seed=6)
+    train, test, truth = noisy[:900], noisy[900:], clean.flux[900:]
+    torch.manual_seed(0)
+    fit_set, val = train.split((0.85, 0.15), seed=0)
+    model, hist = fit(fit_set, val, ModelConfig(npix=train.npix, latent_dim=6, redshift="Z"),
+                      TrainConfig(epochs=40, max_minutes=1.5, patience=8, progress=False))
+    d = denoise(model, test, n_samples=16)
+    valid = ~test.mask
+    r_vae, r_noisy = rmse(d.flux, truth, valid), rmse(test.flux, truth, valid)
+    lines = np.zeros_like(valid)
+    for rest in (4862.7, 5008.2, 6564.6):
+        obs = rest * (1 + test.labels["Z"][:, None])
+        lines |= np.abs(test.wave[None] - obs) < 5
+    strong = test.labels["HA_EW"] > 20
+    on_lines = valid & lines & strong[:, None]
+    print(f"rest-frame VAE {r_vae:.4g} vs noisy {r_noisy:.4g}; on emission lines {rmse(d.flux, truth, on_lines):.4g} "
+          f"vs {rmse(test.flux, truth, on_lines):.4g}")
+    assert r_vae < 0.5 * r_noisy
+    assert rmse(d.flux, truth, on_lines) < rmse(test.flux, truth, on_lines)
