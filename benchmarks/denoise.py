@@ -46,6 +46,14 @@ def make_set(name: str, n: int, seed: int):
     return noisy, clean, np.ones(clean.npix, bool)
 
 
+def emission_line_pixels(s) -> np.ndarray:
+    """(N, npix) pixels within 5 A of Hbeta, [OIII] 5008 or Halpha in galaxies with EW(Halpha) > 20 A."""
+    near = np.zeros(s.flux.shape, bool)
+    for rest in (4862.7, 5008.2, 6564.6):
+        near |= np.abs(s.wave[None] - rest * (1 + s.labels["Z"][:, None])) < 5
+    return near & (s.labels["HA_EW"] > 20)[:, None]
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("set", choices=("payne", "galaxy"))
@@ -81,6 +89,8 @@ def main(argv=None) -> dict:
     t1 = time.perf_counter()
     d = denoise(model, test, n_samples=args.samples)
     t_denoise = time.perf_counter() - t1
+    dc = denoise(model, test, n_samples=args.samples, combine=True)
+    lines = emission_line_pixels(test) if args.set == "galaxy" else np.zeros_like(valid)
 
     r_noisy, r_pca, r_vae = rmse(test.flux, truth, valid), rmse(pca_flux, truth, all_px), rmse(d.flux, truth, all_px)
     out = {
@@ -91,6 +101,12 @@ def main(argv=None) -> dict:
         "rmse": {"noisy_valid_pixels": r_noisy, "pca": r_pca, "vae": r_vae,
                  "vae_masked_pixels": rmse(d.flux, truth, masked), "pca_masked_pixels": rmse(pca_flux, truth, masked)},
         "ratio_vae_to_pca": r_vae / r_pca, "ratio_vae_to_noisy": r_vae / r_noisy,
+        "combined_with_data": {"rmse": rmse(dc.flux, truth, all_px), "ratio_to_noisy": rmse(dc.flux, truth, all_px) / r_noisy,
+                               "coverage_1sigma": coverage(dc.flux, dc.sigma, truth, 1, all_px)},
+        "strong_emission_line_pixels": None if not lines.any() else {
+            "n": int((lines & valid).sum()), "rmse_noisy": rmse(test.flux, truth, lines & valid),
+            "rmse_vae": rmse(d.flux, truth, lines & valid), "rmse_vae_combined": rmse(dc.flux, truth, lines & valid),
+            "rmse_pca": rmse(pca_flux, truth, lines & valid)},
         "coverage_vae": {"1sigma": coverage(d.flux, d.sigma, truth, 1, all_px),
                          "2sigma": coverage(d.flux, d.sigma, truth, 2, all_px),
                          "1sigma_masked": coverage(d.flux, d.sigma, truth, 1, masked)},
@@ -105,7 +121,7 @@ def main(argv=None) -> dict:
     path = RESULTS / f"denoise-{args.set}-{tag}.json"
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps({k: out[k] for k in ("rmse", "ratio_vae_to_pca", "ratio_vae_to_noisy", "coverage_vae",
-                                           "training")}, indent=1))
+                                           "combined_with_data", "strong_emission_line_pixels", "training")}, indent=1))
     print(f"wrote {path}")
     return out
 

@@ -56,7 +56,7 @@ def _denoise(args) -> None:
 
     model = load_model(args.model)
     spectra = read_h5(args.data)
-    out = denoise(model, spectra, n_samples=args.samples)
+    out = denoise(model, spectra, n_samples=args.samples, posterior=args.posterior, combine=args.combine)
     result = type(spectra)(spectra.wave, out.flux, 1 / out.sigma ** 2, None, spectra.labels, spectra.ids,
                            None, {**spectra.meta, "source": f"specae denoise of {args.data}"})
     write_h5(result, args.output, extra={"flux_sigma": out.sigma.astype("float32")})
@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("data", metavar="DATA.h5")
     d.add_argument("-o", "--output", required=True, metavar="OUT.h5")
     d.add_argument("--samples", type=_positive_int, default=64, metavar="S", help="latent posterior samples")
+    d.add_argument("--posterior", choices=("laplace", "encoder"), default="laplace",
+                   help="laplace: refine the latents on the exact posterior (default); encoder: sample q(z|x)")
+    d.add_argument("--combine", action="store_true",
+                   help="update the model's prediction with each pixel's own measurement (precision-weighted)")
     d.set_defaults(func=_denoise)
 
     e = sub.add_parser("encode", help="write latent posterior means and standard deviations")

@@ -18,7 +18,7 @@ from specae.errors import SpecaeError
 from specae.models.checkpoint import load_json, load_model, load_train_state, save_model
 from specae.models.config import ModelConfig
 from specae.models.vae import Batch, SpectrumVAE, chi2, gaussian_nll, kl_normal
-from specae.uncertainty import sigma_scale_factor
+from specae.uncertainty import latent_scale, model_scale
 
 
 @dataclass
@@ -26,7 +26,7 @@ class TrainConfig:
     epochs: int = 200
     max_minutes: float | None = None   # wall-clock budget; the best model so far is kept
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 1e-4
     clip: float = 5.0                  # gradient-norm clip
     beta: float = 1.0                  # KL weight (VAE)
@@ -115,6 +115,24 @@ def evaluate(model: SpectrumVAE, data: Batch, batch_size: int, device) -> dict:
         c, n = chi2(b.x, b.ivar, mu)
         c2, nv, loss = c2 + c.item(), nv + n.item(), loss + (nll + kl).sum().item()
     return {"chi2_dof": c2 / max(nv, 1), "loss": loss / max(len(data), 1)}
+
+
+def calibrate(model: SpectrumVAE, val: Spectra, seed: int = 0) -> list[float]:
+    """Fit the model's two sigma factors on validation spectra (see specae.uncertainty); returns them."""
+    model.sigma_scale.fill_(1.0)
+    d = denoise(model, val, n_samples=16, seed=seed)
+    var_lat = d.sigma_latent.astype(np.float64) ** 2
+    b = model_scale(val.flux, val.ivar, d.flux, d.sigma.astype(np.float64) ** 2 - var_lat)
+    a = 1.0
+    if model.cfg.kind == "vae":
+        rng = np.random.default_rng(seed)
+        noise = rng.standard_normal(val.flux.shape) / np.sqrt(np.where(val.ivar > 0, val.ivar, 1.0))
+        redo = Spectra(val.wave, np.where(val.mask, 0.0, d.flux + noise), val.ivar, val.mask, val.labels, val.ids,
+                       meta=val.meta)
+        d2 = denoise(model, redo, n_samples=16, seed=seed + 1)
+        a = latent_scale(d2.flux - d.flux, d2.sigma_latent.astype(np.float64) ** 2)
+    model.sigma_scale.copy_(torch.tensor([a, b]))
+    return [a, b]
 
 
 def fit(train: Spectra, val: Spectra | None = None, model_cfg: ModelConfig | None = None,
@@ -216,10 +234,7 @@ def fit(train: Spectra, val: Spectra | None = None, model_cfg: ModelConfig | Non
     history["minutes"] = (time.monotonic() - t0) / 60
     model.load_state_dict(best_state)
     model.eval()
-    model.sigma_scale.fill_(1.0)
-    d = denoise(model, val, n_samples=16, seed=cfg.seed)
-    model.sigma_scale.fill_(sigma_scale_factor(val.flux, val.ivar, d.flux, d.sigma))
-    history["sigma_scale"] = float(model.sigma_scale)
+    history["sigma_scale"] = calibrate(model, val, cfg.seed)
     if out_dir:
         save_model(model, out_dir, history)
     return model, history

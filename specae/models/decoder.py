@@ -44,11 +44,15 @@ class PerPixelLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n, out))
 
     def forward(self, h):
-        return torch.einsum("bcp,pco->bop", h, self.weight) + self.bias.T
+        # broadcast-multiply and sum: einsum would loop over pixels as a batch of tiny matmuls
+        return (h[:, :, None, :] * self.weight.permute(1, 2, 0)).sum(1) + self.bias.T
 
 
 class ConvBody(nn.Module):
-    """z (B, K) -> dense -> (B, C, n / 64) -> 3 x [upsample x4, concat position, conv] -> per-pixel layer."""
+    """z (B, K) -> dense -> (B, C, n / 64) -> 3 x [upsample x4, concat position, conv] -> per-pixel layer.
+
+    Channels halve at each upsampling (C, C/2, C/4), so the full-resolution stage stays cheap.
+    """
 
     n_pos = 9   # wavelength-position channels: x and sin/cos at 4 frequencies
 
@@ -57,8 +61,9 @@ class ConvBody(nn.Module):
         c, self.n = cfg.conv_channels, n
         self.coarse = math.ceil(n / cfg.conv_coarse)
         self.dense = nn.Sequential(nn.Linear(cfg.latent_dim, 256), nn.GELU(), nn.Linear(256, c * self.coarse))
-        self.convs = nn.ModuleList(nn.Conv1d(c + self.n_pos, c, 5, padding=2) for _ in range(3))
-        self.out = PerPixelLinear(c, n, 2)
+        widths = [c, c, max(c // 2, 1), max(c // 4, 1)]
+        self.convs = nn.ModuleList(nn.Conv1d(a + self.n_pos, b, 5, padding=2) for a, b in zip(widths[:-1], widths[1:]))
+        self.out = PerPixelLinear(widths[-1], n, 2)
 
     def _position(self, length: int, device) -> torch.Tensor:
         x = torch.linspace(-1, 1, length, device=device)

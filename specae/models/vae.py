@@ -52,8 +52,9 @@ class SpectrumVAE(nn.Module):
         # weighted-PCA basis on the decoder grid and its prior variances, set at fit
         self.register_buffer("basis", torch.zeros(cfg.enc_pca, n_dec))
         self.register_buffer("basis_var", torch.ones(cfg.enc_pca))
-        # overall factor on the denoised sigma, calibrated on validation data after training
-        self.register_buffer("sigma_scale", torch.ones(()))
+        # factors on the latent-posterior and decoder parts of the denoised sigma, calibrated on
+        # validation data after training (specae.uncertainty)
+        self.register_buffer("sigma_scale", torch.ones(2))
 
     @property
     def wave(self) -> np.ndarray:
