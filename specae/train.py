@@ -26,7 +26,7 @@ class TrainConfig:
     epochs: int = 200
     max_minutes: float | None = None   # wall-clock budget; the best model so far is kept
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 1e-4
     clip: float = 5.0                  # gradient-norm clip
     beta: float = 1.0                  # KL weight (VAE)

@@ -28,7 +28,7 @@ def payne_run():
     train, test, truth = noisy[:3000], noisy[3000:], clean.flux[3000:]
     fit_set, val = train.split((0.85, 0.15), seed=0)
     model, hist = fit(fit_set, val, ModelConfig(npix=train.npix, latent_dim=6),
-                      TrainConfig(epochs=30, patience=8, progress=False))
+                      TrainConfig(epochs=30, patience=8, lr=2e-3, progress=False))   # few steps: a faster rate
     d = denoise(model, test, n_samples=32)
     pca_flux, _ = WeightedPCA(6).fit(train).denoise(test)
     return d, pca_flux, test, truth, np.broadcast_to(ev, truth.shape), hist
@@ -63,7 +63,7 @@ def test_rest_frame_vae_halves_the_noise_on_galaxies():
     train, test, truth = noisy[:900], noisy[900:], clean.flux[900:]
     fit_set, val = train.split((0.85, 0.15), seed=0)
     model, hist = fit(fit_set, val, ModelConfig(npix=train.npix, latent_dim=6, redshift="Z"),
-                      TrainConfig(epochs=22, patience=8, progress=False))
+                      TrainConfig(epochs=22, patience=8, lr=2e-3, progress=False))
     d = denoise(model, test, n_samples=16)
     dc = denoise(model, test, n_samples=16, combine=True)
     valid = ~test.mask
