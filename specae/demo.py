@@ -8,7 +8,7 @@ import numpy as np
 
 from specae.baselines import WeightedPCA
 from specae.data.hdf5 import atomic_path, read_h5
-from specae.data.synthetic import write_default_data
+from specae.data.synthetic import default_dataset, write_default_data
 from specae.denoise import denoise
 from specae.metrics import coverage, rmse
 from specae.models.config import ModelConfig
@@ -28,36 +28,36 @@ def load_bundled(kind: str, directory: Path) -> tuple:
     return read_h5(directory / f"{kind}.h5"), read_h5(directory / f"{kind}_truth.h5")
 
 
-def run_demo(out_dir="specae-demo", minutes: float = 1.0, seed: int = 0, latent_dim: int = 6) -> str:
+def run_demo(out_dir="specae-demo", minutes: float = 1.0, seed: int = 0, latent_dim: int = 6,
+             n_train: int = 2000) -> str:
     """Run the demo; writes model/, denoised.png, training.png and summary.txt under `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    noisy, truth = load_bundled("stellar", out / "data")
-    order = np.random.default_rng(seed).permutation(len(noisy))
-    n_test = max(1, len(noisy) // 5)
-    test, rest = np.sort(order[:n_test]), np.sort(order[n_test:])
-    train, val = noisy[rest].split((0.85, 0.15), seed=seed)
+    noisy, truth = load_bundled("stellar", out / "data")          # the bundled set: denoised, never trained on
+    # training spectra: fresh draws from the same generator (another seed), more than the bundled file holds
+    train_all, _ = default_dataset("stellar", n=n_train, seed=seed + 1)
+    train, val = train_all.split((0.85, 0.15), seed=seed)
     model, history = fit(train, val, ModelConfig(npix=noisy.npix, latent_dim=latent_dim),
                          TrainConfig(max_minutes=minutes, seed=seed), out_dir=out / "model")
-    d = denoise(model, noisy[test])
-    pca_flux, _ = WeightedPCA(latent_dim, seed=seed).fit(noisy[rest]).denoise(noisy[test])
-    t, x, valid = truth.flux[test], noisy.flux[test], ~noisy.mask[test]
+    d = denoise(model, noisy)
+    pca_flux, _ = WeightedPCA(latent_dim, seed=seed).fit(train_all).denoise(noisy)
+    t, x, valid = truth.flux, noisy.flux, ~noisy.mask
     lines = [
-        f"specae demo: VAE (latent {latent_dim}) on {len(train)} synthetic stellar spectra "
-        f"({noisy.npix} pixels), {len(val)} for validation, {n_test} held out",
+        f"specae demo: VAE (latent {latent_dim}) trained on {len(train)} synthetic stellar spectra "
+        f"({noisy.npix} pixels; {len(val)} for validation), denoising the {len(noisy)} bundled held-out spectra",
         f"training: {len(history['epoch'])} epochs in {history['minutes']:.1f} min, stopped by {history['stopped']}, "
         f"best validation chi2/dof {history['best_val_chi2_dof']:.3f}",
-        f"RMSE to truth, held-out spectra (valid pixels): noisy input {rmse(x[valid], t[valid]):.4g}, "
-        f"weighted PCA {rmse(pca_flux[valid], t[valid]):.4g}, VAE {rmse(d.flux[valid], t[valid]):.4g}",
-        f"RMSE to truth on masked pixels (inpainted): PCA {rmse(pca_flux[~valid], t[~valid]):.4g}, "
-        f"VAE {rmse(d.flux[~valid], t[~valid]):.4g}",
+        f"RMSE to truth, held-out spectra (valid pixels): noisy input {rmse(x, t, valid):.4g}, "
+        f"weighted PCA {rmse(pca_flux, t, valid):.4g}, VAE {rmse(d.flux, t, valid):.4g}",
+        f"RMSE to truth on masked pixels (inpainted): PCA {rmse(pca_flux, t, ~valid):.4g}, "
+        f"VAE {rmse(d.flux, t, ~valid):.4g}",
         f"VAE sigma calibration, all pixels: {100 * coverage(d.flux, d.sigma, t):.1f} % of true values within "
         f"+-1 sigma (ideal 68.3), {100 * coverage(d.flux, d.sigma, t, 2):.1f} % within +-2 sigma (ideal 95.4)",
     ]
-    show = np.argsort(noisy.labels["SNR"][test])[[0, n_test // 2, -1]] if "SNR" in noisy.labels else np.arange(3)
-    plot_denoised(out / "denoised.png", noisy.wave, x[show], d.flux[show], d.sigma[show], t[show],
-                  noisy.mask[test][show], titles=[f"{noisy.ids[test][i]}" + (
-                      f"  S/N {noisy.labels['SNR'][test][i]:.0f}" if "SNR" in noisy.labels else "") for i in show])
+    snr = noisy.labels.get("SNR", np.arange(len(noisy), dtype=float))
+    show = np.argsort(snr)[[0, len(noisy) // 2, -1]]
+    plot_denoised(out / "denoised.png", noisy.wave, x[show], d.flux[show], d.sigma[show], t[show], noisy.mask[show],
+                  titles=[f"{noisy.ids[i]}  S/N {snr[i]:.0f}" for i in show])
     plot_training(out / "training.png", history)
     summary = "\n".join(lines) + f"\nfigures: {out / 'denoised.png'}, {out / 'training.png'}; model: {out / 'model'}\n"
     with atomic_path(out / "summary.txt") as tmp:

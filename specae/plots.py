@@ -54,7 +54,6 @@ def plot_training(path, history: dict) -> None:
     b.axvline(history["best_epoch"], color="0.5", ls=":", label="best")
     b.set_xlabel("epoch")
     b.set_ylabel("validation $\\chi^2$/dof")
-    b.set_yscale("log")
     b.legend()
     fig.tight_layout()
     _save(fig, path)
