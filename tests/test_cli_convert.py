@@ -77,3 +77,21 @@ def test_subprocess_error_has_no_traceback(tmp_path, small_spectra):
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert "cut.h5" in r.stderr
     assert good.read_bytes() == before and not (tmp_path / "x.h5").exists()
+
+
+def test_mismatched_shapes_file_is_exit_2(tmp_path, capsys):
+    import h5py
+
+    bad = tmp_path / "bad.h5"
+    with h5py.File(bad, "w") as f:
+        f.attrs["specae_format"] = 1
+        f["wave"] = np.linspace(4000, 5000, 10)
+        f["flux"] = np.zeros((3, 10), np.float32)
+        f["ivar"] = np.zeros((3, 12), np.float32)
+    before = bad.read_bytes()
+    for argv in (["train", bad, "-o", tmp_path / "model"], ["convert", tmp_path / "x.fits", "-o", tmp_path / "o.h5",
+                                                            "--grid-from", bad]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and "inconsistent shapes" in err and err.count("\n") == 1
+    assert bad.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.h5"]
