@@ -38,3 +38,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def write_mismatched_h5(path) -> None:
+    """A specae-looking HDF5 file whose ivar has more pixels than its flux."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs["specae_format"] = 1
+        f["wave"] = np.linspace(4000, 5000, 10)
+        f["flux"] = np.zeros((3, 10), np.float32)
+        f["ivar"] = np.zeros((3, 11), np.float32)

@@ -7,7 +7,7 @@ from astropy.io import fits
 
 from specae.cli import main
 from specae.data.hdf5 import read_h5, write_h5
-from tests.conftest import shared_dir
+from tests.conftest import shared_dir, write_mismatched_h5
 
 
 def run(capsys, *argv):
@@ -80,14 +80,8 @@ def test_subprocess_error_has_no_traceback(tmp_path, small_spectra):
 
 
 def test_mismatched_shapes_file_is_exit_2(tmp_path, capsys):
-    import h5py
-
     bad = tmp_path / "bad.h5"
-    with h5py.File(bad, "w") as f:
-        f.attrs["specae_format"] = 1
-        f["wave"] = np.linspace(4000, 5000, 10)
-        f["flux"] = np.zeros((3, 10), np.float32)
-        f["ivar"] = np.zeros((3, 12), np.float32)
+    write_mismatched_h5(bad)
     before = bad.read_bytes()
     for argv in (["train", bad, "-o", tmp_path / "model"], ["convert", tmp_path / "x.fits", "-o", tmp_path / "o.h5",
                                                             "--grid-from", bad]):

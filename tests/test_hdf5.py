@@ -4,6 +4,7 @@ import pytest
 
 from specae.data.hdf5 import H5Spectra, iter_h5, read_h5, write_h5
 from specae.errors import SpecaeError
+from tests.conftest import write_mismatched_h5
 
 
 def test_round_trip_is_exact(tmp_path, small_spectra):
@@ -63,11 +64,7 @@ def test_not_specae_and_missing(tmp_path):
 
 def test_mismatched_shapes_in_file(tmp_path):
     path = tmp_path / "bad.h5"
-    with h5py.File(path, "w") as f:
-        f.attrs["specae_format"] = 1
-        f["wave"] = np.linspace(4000, 5000, 10)
-        f["flux"] = np.zeros((3, 10), np.float32)
-        f["ivar"] = np.zeros((3, 11), np.float32)
+    write_mismatched_h5(path)
     with pytest.raises(SpecaeError, match="inconsistent shapes"):
         read_h5(path)
 
