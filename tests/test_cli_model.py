@@ -3,7 +3,6 @@ and that bad input ends in one 'specae: error:' line, exit code 2, no output and
 
 import collections
 import json
-import os
 import subprocess
 import sys
 import time
