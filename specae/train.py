@@ -164,8 +164,17 @@ def fit(train: Spectra, val: Spectra | None = None, model_cfg: ModelConfig | Non
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(tr) / cfg.batch_size)
     total, warm = cfg.epochs * steps_per_epoch, min(200, steps_per_epoch * 2)
+    t0 = time.monotonic()
+
+    def progress(step: int) -> float:
+        # cosine decay to the end of the epochs or of the time budget, whichever comes first
+        done = step / total
+        if cfg.max_minutes:
+            done = max(done, (time.monotonic() - t0) / (60 * cfg.max_minutes))
+        return min(done, 1.0)
+
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / total, 1)))))
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress(s)))))
     history = {"epoch": [], "train_loss": [], "val_chi2_dof": [], "val_loss": [], "lr": [],
                "best_epoch": -1, "best_val_chi2_dof": math.inf, "skipped_batches": 0,
                "train_config": asdict(cfg), "n_train": len(tr), "n_val": len(va)}
@@ -176,7 +185,7 @@ def fit(train: Spectra, val: Spectra | None = None, model_cfg: ModelConfig | Non
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     start_epoch = history["epoch"][-1] + 1 if history["epoch"] else 0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    t0, bad_run, since_best = time.monotonic(), 0, 0
+    bad_run, since_best = 0, 0
     saved = bool(state)   # a checkpoint exists in out_dir
     stop = "epochs"
     bar = tqdm(range(start_epoch, cfg.epochs), disable=not cfg.progress, desc="training", unit="epoch")

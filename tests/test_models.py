@@ -491,3 +491,12 @@ def test_redshift_model_needs_its_label(tmp_path):
         denoise(model, bad)
     with pytest.raises(SpecaeError, match="label"):
         fit(Spectra(gal.wave, gal.flux, gal.ivar), model_cfg=small_cfg(redshift="Z"), cfg=tcfg(epochs=1))
+
+
+def test_learning_rate_anneals_within_the_time_budget(stars):
+    # with a budget far shorter than the epochs, the cosine decay follows the clock instead
+    cfg = tcfg(epochs=10_000, max_minutes=0.05, patience=10_000)
+    _, history = fit(stars, model_cfg=small_cfg(), cfg=cfg)
+    assert history["stopped"] == "time budget" and len(history["epoch"]) >= 3
+    assert history["lr"][-1] < 0.5 * cfg.lr
+    assert history["lr"][-1] < history["lr"][1]
