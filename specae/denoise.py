@@ -55,16 +55,18 @@ def denoise(model: SpectrumVAE, spectra: Spectra, n_samples: int = 64, batch_siz
     gen = torch.Generator(device=dev).manual_seed(seed)
     flux, var_lat, var_mod = [], [], []
     s = n_samples if model.cfg.kind == "vae" else 1
-    for i in range(0, len(data), max(1, batch_size // s)):
-        b = data[i:i + max(1, batch_size // s)].to(dev)
+    rows = max(1, batch_size // s)                                             # spectra per decoded batch
+    for i in range(0, len(data), rows):
+        b = data[i:i + rows].to(dev)
         mean, logvar = model.encode(b)
-        lat = mean[None].expand(s, -1, -1)                                     # (S, B, K)
-        noise = None if logvar is None else torch.randn(lat.shape, generator=gen, device=dev)
-        if logvar is not None and posterior == "laplace":
-            mean, cov = laplace_posterior(model, b, mean)
-            lat = mean[None] + torch.einsum("bkl,sbl->sbk", torch.linalg.cholesky(cov), noise)
-        elif logvar is not None:
-            lat = lat + noise * (0.5 * logvar).exp()
+        lat = mean[None]                                                       # (1 | S, B, K)
+        if logvar is not None:
+            noise = torch.randn((s,) + mean.shape, generator=gen, device=dev)
+            if posterior == "laplace":
+                mean, cov = laplace_posterior(model, b, mean)
+                lat = mean[None] + torch.einsum("bkl,sbl->sbk", torch.linalg.cholesky(cov), noise)
+            else:
+                lat = mean[None] + noise * (0.5 * logvar).exp()
         red = None if b.z is None else b.z.repeat(s)
         mu, sig = model.decode(lat.reshape(-1, lat.shape[-1]), red)
         mu, sig = mu.float().view(s, len(b), -1), sig.float().view(s, len(b), -1)   # (S, B, npix)
