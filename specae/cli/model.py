@@ -1,36 +1,8 @@
-"""Command-line interface: `specae COMMAND ...`, mirroring the Python API.
-
-User errors (SpecaeError) print one line and exit with code 2; outputs are written atomically.
-"""
+"""`specae train / denoise / encode / demo`: the VAE/AE commands."""
 
 from __future__ import annotations
 
-import argparse
-import sys
-import warnings
-
-from specae.errors import SpecaeError
-
-
-def _convert(args) -> None:
-    from specae.data.hdf5 import write_h5
-    from specae.data.readers import read_many
-    from specae.data.resample import parse_grid
-
-    wave = None
-    if args.grid and args.grid_from:
-        raise SpecaeError("give either --grid or --grid-from, not both")
-    if args.grid:
-        wave = parse_grid(args.grid)
-    elif args.grid_from:
-        from specae.data.hdf5 import H5Spectra
-        with H5Spectra(args.grid_from) as h5:
-            wave = h5.wave
-    spectra = read_many(args.files, wave=wave)
-    write_h5(spectra, args.output)
-    n_empty = int((~spectra.has_data).sum())
-    print(f"wrote {len(spectra)} spectra x {spectra.npix} pixels to {args.output}"
-          + (f" ({n_empty} without any valid pixel)" if n_empty else ""))
+from specae.cli import positive_int
 
 
 def _train(args) -> None:
@@ -82,27 +54,16 @@ def _demo(args) -> None:
     print(run_demo(args.output, minutes=args.max_minutes, seed=args.seed))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="specae", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    c = sub.add_parser("convert", help="read SDSS/DESI/APOGEE FITS files into one specae HDF5 file")
-    c.add_argument("files", nargs="+", metavar="FILE")
-    c.add_argument("-o", "--output", required=True, metavar="OUT.h5")
-    c.add_argument("--grid", metavar="loglam:START:STOP:STEP",
-                   help="common output grid (START/STOP in Angstrom, STEP in dex); default: from the inputs")
-    c.add_argument("--grid-from", metavar="FILE.h5", help="use the wavelength grid of an existing specae file")
-    c.set_defaults(func=_convert)
-
+def register(sub) -> None:
     t = sub.add_parser("train", help="train a VAE or AE on a specae HDF5 file")
     t.add_argument("data", metavar="DATA.h5")
     t.add_argument("-o", "--output", required=True, metavar="MODEL", help="model directory (created)")
     t.add_argument("--model", choices=("vae", "ae"), default="vae")
-    t.add_argument("--latent-dim", type=_positive_int, default=6, metavar="K")
+    t.add_argument("--latent-dim", type=positive_int, default=6, metavar="K")
     t.add_argument("--decoder", choices=("mlp", "conv"), default="mlp")
-    t.add_argument("--epochs", type=_positive_int, default=200, metavar="N")
+    t.add_argument("--epochs", type=positive_int, default=200, metavar="N")
     t.add_argument("--max-minutes", type=float, default=None, metavar="M", help="wall-clock budget")
-    t.add_argument("--batch-size", type=_positive_int, default=64, metavar="B")
+    t.add_argument("--batch-size", type=positive_int, default=64, metavar="B")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     t.add_argument("--seed", type=int, default=0, metavar="S")
     t.add_argument("--resume", action="store_true", help="continue the run saved in MODEL")
@@ -115,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("model", metavar="MODEL")
     d.add_argument("data", metavar="DATA.h5")
     d.add_argument("-o", "--output", required=True, metavar="OUT.h5")
-    d.add_argument("--samples", type=_positive_int, default=64, metavar="S", help="latent posterior samples")
+    d.add_argument("--samples", type=positive_int, default=64, metavar="S", help="latent posterior samples")
     d.add_argument("--posterior", choices=("laplace", "encoder"), default="laplace",
                    help="laplace: refine the latents on the exact posterior (default); encoder: sample q(z|x)")
     d.add_argument("--combine", action="store_true",
@@ -133,36 +94,3 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-minutes", type=float, default=1.0, metavar="M")
     m.add_argument("--seed", type=int, default=0, metavar="S")
     m.set_defaults(func=_demo)
-    return p
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"specae: warning: {message}", file=sys.stderr)
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    warnings.showwarning = _one_line_warning
-    try:
-        args.func(args)
-    except SpecaeError as e:
-        print(f"specae: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("specae: interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Command-line interface: `specae COMMAND ...`, mirroring the Python API.
+
+One module per group of commands, each with a `register(subparsers)`; this module only assembles them
+and turns user errors (SpecaeError) into one line on stderr and exit code 2. Outputs are written
+atomically by the functions the commands call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from specae.errors import SpecaeError
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from specae.cli import data, model
+
+    p = argparse.ArgumentParser(prog="specae", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in (data, model):
+        group.register(sub)
+    return p
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"specae: warning: {message}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.showwarning = _one_line_warning
+    try:
+        args.func(args)
+    except SpecaeError as e:
+        print(f"specae: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("specae: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,5 @@
+import sys
+
+from specae.cli import main
+
+sys.exit(main())
