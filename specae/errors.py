@@ -3,6 +3,67 @@
 The CLI turns a :class:`SpecaeError` into one line on stderr and exit code 2.
 """
 
+from __future__ import annotations
+
+import re
+import warnings
+from contextlib import contextmanager
+
 
 class SpecaeError(Exception):
-    """Bad input: a missing or malformed file, mismatched shapes, an unknown option value."""
+    """Bad input: a missing or malformed file, mismatched shapes, an unknown option value.
+
+    The message is always one line (line breaks in it are folded into spaces).
+    """
+
+    def __init__(self, message: str = ""):
+        super().__init__(re.sub(r"\s*[\r\n]+\s*", " ", str(message)).strip())
+
+
+class MaskedPixelsWarning(UserWarning):
+    """Pixels with unusable values were masked: `count` of them, in `where` (a file, or "" if unknown)."""
+
+    def __init__(self, count: int, where: str = ""):
+        super().__init__(f"{where + ': ' if where else ''}{count} pixels with NaN/inf (or beyond float32 range) "
+                         "flux or NaN/inf/negative ivar were masked")
+        self.count, self.where = count, where
+
+    def __reduce__(self):   # pickled (e.g. from DataLoader workers) by its arguments, not its message
+        return type(self), (self.count, self.where)
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type's name if it has none (for short reasons)."""
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+@contextmanager
+def one_masking_warning(where: str):
+    """Fold the MaskedPixelsWarnings raised inside into one with their total count; other warnings pass.
+
+    The warning names the places the folded ones named (the first three), else `where`.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    masked = [w.message for w in caught if isinstance(w.message, MaskedPixelsWarning)]
+    for w in caught:
+        if not isinstance(w.message, MaskedPixelsWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if masked:
+        places = list(dict.fromkeys(m.where for m in masked if m.where))
+        named = ", ".join(places[:3]) + (f" and {len(places) - 3} more files" if len(places) > 3 else "")
+        warnings.warn(MaskedPixelsWarning(sum(m.count for m in masked), named or where), stacklevel=3)
+
+
+@contextmanager
+def about(path):
+    """Name `path` in the SpecaeErrors (as a prefix, unless they name it) and masking warnings raised inside."""
+    path = str(path)
+    with one_masking_warning(path):
+        try:
+            yield
+        except SpecaeError as e:
+            if path in str(e):
+                raise
+            raise SpecaeError(f"{path}: {e}") from None

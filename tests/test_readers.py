@@ -43,6 +43,95 @@ def _read(path: Path):
     return read_spectra(path)
 
 
+# -- synthetic files, modelled on the real layouts (used by test_bad_input and test_properties too) --------------
+def sdss_file(path, loglam, flux, ivar, and_mask=None, catalogue="SPECOBJ", exposures=(), plate=(266, 51602, 107)):
+    """Write an SDSS spec file: PRIMARY, COADD with the spec-lite columns, catalogue HDU `catalogue` (None: none),
+    SPZLINE and one exposure table per item of `exposures`: (extname, loglam, flux, ivar, mask, tai_beg)."""
+    npix = len(flux)
+    zeros = np.zeros(npix, np.float32)
+    coadd = [fits.Column("flux", "E", array=flux), fits.Column("loglam", "E", array=loglam),
+             fits.Column("ivar", "E", array=ivar),
+             fits.Column("and_mask", "J", array=np.zeros(npix, np.int32) if and_mask is None else and_mask),
+             fits.Column("or_mask", "J", array=np.zeros(npix, np.int32)), fits.Column("wdisp", "E", array=zeros + 1),
+             fits.Column("sky", "E", array=zeros), fits.Column("model", "E", array=zeros)]
+    hdus = [fits.PrimaryHDU(), fits.BinTableHDU.from_columns(coadd, name="COADD")]
+    if catalogue:
+        cat = [fits.Column("PLATE", "J", array=[plate[0]]), fits.Column("MJD", "J", array=[plate[1]]),
+               fits.Column("FIBERID", "J", array=[plate[2]]), fits.Column("Z", "E", array=[0.25]),
+               fits.Column("Z_ERR", "E", array=[1e-4]), fits.Column("ZWARNING", "J", array=[4]),
+               fits.Column("CLASS", "6A", array=["QSO   "]), fits.Column("SUBCLASS", "21A", array=["BROADLINE"])]
+        hdus.append(fits.BinTableHDU.from_columns(cat, name=catalogue))
+    hdus.append(fits.BinTableHDU.from_columns([fits.Column("LINENAME", "13A", array=["Ha_6564"]),
+                                               fits.Column("LINEZ", "E", array=[0.25])], name="SPZLINE"))
+    for name, e_loglam, e_flux, e_ivar, e_mask, tai in exposures:
+        n = len(e_flux)
+        cols = [fits.Column("loglam", "E", array=e_loglam), fits.Column("flux", "E", array=e_flux),
+                fits.Column("ivar", "E", array=e_ivar), fits.Column("mask", "J", array=e_mask),
+                fits.Column("wdisp", "E", array=np.ones(n)), fits.Column("sky", "E", array=np.zeros(n)),
+                fits.Column("x", "E", array=np.zeros(n)), fits.Column("calib", "E", array=np.ones(n))]
+        hdu = fits.BinTableHDU.from_columns(cols, name=name)
+        hdu.header["TAI-BEG"] = tai
+        hdus.append(hdu)
+    fits.HDUList(hdus).writeto(path, overwrite=True)
+
+
+def exposure(camera, expid, lo, hi, signal, tai=51602.25 * 86400, bad=slice(0, 0)):
+    """One exposure table's content on a native, slightly irregular log grid from `lo` to `hi` Angstrom."""
+    k = np.arange(int(np.log10(hi / lo) / 1e-4))
+    loglam = np.log10(lo) + 1e-4 * k + 2e-10 * k ** 1.5
+    mask = np.zeros(k.size, np.int32)
+    mask[bad] = 1 << 18                                   # FULLREJECT
+    return (f"{camera}-{expid:08d}-00123400-00123401", loglam, signal(10 ** loglam), np.full(k.size, 4.0), mask,
+            tai)
+
+
+def smooth(wave):
+    return 2 + np.sin(wave / 300)
+
+
+def full_sdss_file(path, catalogue="SPALL", **kw):
+    """A BOSS-like full spec file: a coadd on the 1e-4 dex grid and two exposures, each blue (b1) and red (r1)."""
+    loglam = np.round(np.log10(3700) + 1e-4 * np.arange(3800), 4)
+    exps = [exposure(cam, expid, lo, hi, smooth, tai=51602.25 * 86400 + 1000 * k, **kw)
+            for k, expid in enumerate((123456, 123457)) for cam, lo, hi in (("b1", 3650, 6350), ("r1", 5900, 10300))]
+    sdss_file(path, loglam, smooth(10 ** loglam), np.full(loglam.size, 9.0), catalogue=catalogue, exposures=exps)
+
+
+def desi_coadd_file(path, arms, targetid):
+    """Write a DESI coadd: FIBERMAP (TARGETID) and {arm}_WAVELENGTH/_FLUX/_IVAR/_MASK for arms {name: (w, f, i, m)}."""
+    hdus = [fits.PrimaryHDU(),
+            fits.BinTableHDU.from_columns([fits.Column("TARGETID", "K", array=targetid)], name="FIBERMAP")]
+    for a, (w, f, i, m) in arms.items():
+        hdus += [fits.ImageHDU(w, name=f"{a}_WAVELENGTH"), fits.ImageHDU(f, name=f"{a}_FLUX"),
+                 fits.ImageHDU(i, name=f"{a}_IVAR"), fits.ImageHDU(m, name=f"{a}_MASK")]
+    fits.HDUList(hdus).writeto(path, overwrite=True)
+
+
+def desi_stack_file(path, wave, flux, ivar):
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(flux, name="FLUX"), fits.ImageHDU(ivar, name="IVAR"),
+                  fits.ImageHDU(wave, name="WAVE")]).writeto(path, overwrite=True)
+
+
+def apogee_file(path, kind, flux, err, bits=None, crval=4.179, cdelt=6e-6, wave=None):
+    """Write an APOGEE aspcapStar, apStar (log-linear header grid) or apVisit (chips, wave in HDU4) file."""
+    primary = fits.PrimaryHDU()
+    primary.header.update({"OBJID": "2M00000000+0000000", "SNR": 50.0, "VHELIO": -12.0, "PLATE": "9999",
+                           "MJD5": 58000, "FIBERID": 7})
+    images = [fits.ImageHDU(flux), fits.ImageHDU(err),
+              fits.ImageHDU(np.zeros(np.shape(flux), np.int32) if bits is None else bits)]
+    for h in images[:2]:
+        h.header.update({"CTYPE1": "LOG-LINEAR", "CRVAL1": crval, "CDELT1": cdelt, "CRPIX1": 1})
+    if kind == "aspcapStar":
+        t = [fits.Column("APOGEE_ID", "18A", array=["2M00000000+0000000"]),
+             fits.Column("FPARAM", "9E", array=[np.arange(9.0) - 1.0]), fits.Column("SNR", "E", array=[80.0]),
+             fits.Column("VHELIO", "E", array=[3.0])]
+        images.append(fits.BinTableHDU.from_columns(t))
+    elif kind == "apVisit":
+        images.append(fits.ImageHDU(wave))
+        images[-1].header["BUNIT"] = "Wavelength (Ang)"
+    fits.HDUList([primary] + images).writeto(path, overwrite=True)
+
+
 # -- every file ------------------------------------------------------------------------------------------
 @needs_data
 @pytest.mark.parametrize("path", SPECTRA, ids=name)
@@ -98,6 +187,102 @@ def test_gelato_file_is_spec_lite():
     path = DATA / "sdss" / "gelato-1237652899686318136.fits"
     s = read_spectra(path)
     assert s.ids[0] == "0665-52168-0284" and s.labels["SUBCLASS"][0] == "AGN"
+
+
+@pytest.mark.parametrize("catalogue", ["SPECOBJ", "SPALL"])
+def test_sdss_labels_from_specobj_or_spall(tmp_path, catalogue):
+    path = tmp_path / "spec-0266-51602-0107.fits"
+    full_sdss_file(path, catalogue=catalogue)
+    s = read_sdss(path)
+    assert len(s) == 1 and s.ids.tolist() == ["0266-51602-0107"]
+    assert s.labels["Z"][0] == np.float32(0.25) and s.labels["ZWARNING"][0] == 4
+    assert s.labels["CLASS"][0] == "QSO" and s.labels["SUBCLASS"][0] == "BROADLINE"
+    np.testing.assert_allclose(np.diff(np.log10(s.wave)), 1e-4, rtol=1e-9)
+
+
+def test_sdss_without_catalogue_is_named_by_file(tmp_path):
+    path = tmp_path / "spec-x.fits"
+    loglam = np.round(np.log10(3700) + 1e-4 * np.arange(50), 4)
+    sdss_file(path, loglam, np.ones(50), np.ones(50), catalogue=None)
+    s = read_sdss(path)
+    assert s.ids.tolist() == ["spec-x"] and s.labels == {}
+
+
+def test_sdss_exposures_are_separate_spectra_on_the_coadd_grid(tmp_path):
+    path = tmp_path / "spec-0266-51602-0107.fits"
+    full_sdss_file(path, bad=slice(100, 110))
+    coadd = read_sdss(path)
+    s = read_spectra(path, exposures=True)
+    names = [f"{c}-{e:08d}-00123400-00123401" for e in (123456, 123457) for c in ("B1", "R1")]
+    assert s.ids.tolist() == [f"0266-51602-0107:{n}" for n in names]
+    assert s.labels["EXPOSURE"].tolist() == names and s.labels["CAMERA"].tolist() == ["b1", "r1", "b1", "r1"]
+    np.testing.assert_allclose(s.labels["EXP_MJD"], [51602.25, 51602.25, 51602.25 + 1000 / 86400,
+                                                      51602.25 + 1000 / 86400])
+    assert s.labels["Z"].tolist() == [np.float32(0.25)] * 4 and s.labels["CLASS"].tolist() == ["QSO"] * 4
+    np.testing.assert_array_equal(s.wave, coadd.wave)
+    blue, red = s.labels["CAMERA"] == "b1", s.labels["CAMERA"] == "r1"
+    assert s.mask[blue][:, s.wave > 6360].all() and s.mask[red][:, s.wave < 5890].all()
+    assert not s.mask[blue][:, (s.wave > 3800) & (s.wave < 3850)].any()   # clear of the FULLREJECT pixels
+    # the FULLREJECT pixels (native 100-109 of the blue camera) leave a masked hole in the rebinned spectrum
+    hole = (s.wave > 3650 * 10 ** (1e-4 * 101.5)) & (s.wave < 3650 * 10 ** (1e-4 * 107.5))
+    assert hole.sum() >= 5 and s.mask[blue][:, hole].all() and not s.mask[red][:, s.wave > 6500].any()
+    good = ~s.mask
+    np.testing.assert_allclose(s.flux[good], smooth(np.broadcast_to(s.wave, s.flux.shape)[good]), atol=2e-3)
+    # exposure ivar 4 on pixels about as wide as the coadd's: rebinned ivar stays near 4
+    assert 3 < np.median(s.ivar[good]) < 9
+
+
+def test_read_many_exposures_of_two_files(tmp_path):
+    a, b = tmp_path / "a.fits", tmp_path / "b.fits"
+    full_sdss_file(a)
+    full_sdss_file(b, catalogue="SPECOBJ")
+    s = read_many([a, b], exposures=True)
+    assert len(s) == 8 and s.ids[0].startswith("0266-51602-0107:B1-") and "EXPOSURE" in s.labels
+
+
+def test_exposures_need_a_full_spec_file(tmp_path):
+    lite = tmp_path / "spec-lite.fits"
+    loglam = np.round(np.log10(3700) + 1e-4 * np.arange(50), 4)
+    sdss_file(lite, loglam, np.ones(50), np.ones(50))
+    with pytest.raises(SpecaeError, match=r"spec-lite.fits: has no per-exposure HDUs \(a spec-lite file\?\); "
+                                          "exposures need the full spec- file"):
+        read_spectra(lite, exposures=True)
+    stack = tmp_path / "stack.fits"
+    desi_stack_file(stack, np.linspace(3000, 4000, 20), np.ones((1, 20)), np.ones((1, 20)))
+    with pytest.raises(SpecaeError, match="stack.fits: per-exposure spectra come from SDSS/BOSS full spec files; "
+                                          "this is a DESI file"):
+        read_spectra(stack, exposures=True)
+
+
+def test_exposure_with_bad_wavelengths_names_file_and_hdu(tmp_path):
+    path = tmp_path / "spec-bad.fits"
+    loglam = np.round(np.log10(3700) + 1e-4 * np.arange(50), 4)
+    name, e_loglam, *rest = exposure("b1", 1, 3650, 3720, smooth)
+    sdss_file(path, loglam, np.ones(50), np.ones(50), exposures=[(name, e_loglam[::-1], *rest)])
+    with pytest.raises(SpecaeError, match=rf"spec-bad.fits: exposure HDU {name.upper()}: wave must be strictly "
+                                          "increasing"):
+        read_sdss(path, exposures=True)
+
+
+@needs_data
+def test_real_spec_lite_with_spall_and_exposures_appended(tmp_path):
+    """A BOSS-style full file made from a real spec-lite file: SPECOBJ renamed SPALL, exposure HDUs appended."""
+    src = DATA / "sdss" / "spec-0266-51602-0107.fits"
+    with fits.open(src) as h:
+        hdus = [fits.PrimaryHDU(header=h[0].header), h["COADD"].copy(),
+                fits.BinTableHDU(h["SPECOBJ"].data, header=h["SPECOBJ"].header, name="SPALL"), h["SPZLINE"].copy()]
+    hdus += [fits.BinTableHDU.from_columns(
+        [fits.Column(c, f, array=a) for c, f, a in zip(("loglam", "flux", "ivar", "mask"), "EEEJ", e[1:5])], name=e[0])
+        for e in (exposure("b1", 51, 3800, 6300, smooth), exposure("r1", 51, 5900, 9200, smooth))]
+    path = tmp_path / src.name
+    fits.HDUList(hdus).writeto(path)
+    lite, full = read_sdss(src), read_sdss(path)
+    assert full.labels.keys() == lite.labels.keys() and full.ids.tolist() == lite.ids.tolist()
+    assert all(np.array_equal(full.labels[k], lite.labels[k]) for k in lite.labels)
+    np.testing.assert_array_equal(full.flux, lite.flux)
+    exps = read_sdss(path, exposures=True)
+    assert exps.ids.tolist() == [f"0266-51602-0107:{c}-00000051-00123400-00123401" for c in ("B1", "R1")]
+    assert exps.labels["CLASS"].tolist() == ["GALAXY"] * 2 and np.isnan(exps.labels["EXP_MJD"]).all()
 
 
 # -- DESI ------------------------------------------------------------------------------------------------
@@ -167,12 +352,8 @@ def test_desi_synthetic_coadd_masked_overlap_and_unmatched_target(tmp_path):
     ib, ir = np.ones((2, 10)), 2 * np.ones((2, 8))
     mr = np.zeros((2, 8), np.int32)
     mr[0, 1] = 1  # wavelength index 8: R masked there
-    hdus = [fits.PrimaryHDU(), fits.BinTableHDU.from_columns([fits.Column("TARGETID", "K", array=[11, 22])],
-                                                            name="FIBERMAP")]
-    for a, w, f, i, m in (("B", wb, fb, ib, np.zeros((2, 10), np.int32)), ("R", wr, fr, ir, mr)):
-        hdus += [fits.ImageHDU(w, name=f"{a}_WAVELENGTH"), fits.ImageHDU(f, name=f"{a}_FLUX"),
-                 fits.ImageHDU(i, name=f"{a}_IVAR"), fits.ImageHDU(m, name=f"{a}_MASK")]
-    fits.HDUList(hdus).writeto(tmp_path / "coadd-t.fits")
+    desi_coadd_file(tmp_path / "coadd-t.fits", {"B": (wb, fb, ib, np.zeros((2, 10), np.int32)), "R": (wr, fr, ir, mr)},
+                    [11, 22])
     cols = [fits.Column("TARGETID", "K", array=[11]), fits.Column("Z", "D", array=[0.5]),
             fits.Column("ZERR", "D", array=[1e-4]), fits.Column("ZWARN", "K", array=[0]),
             fits.Column("SPECTYPE", "6A", array=["QSO"])]

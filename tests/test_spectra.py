@@ -170,3 +170,31 @@ def test_no_warning_for_clean_input():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Spectra(s.wave, s.flux, s.ivar)
+
+
+def test_rest_frame_equals_resampling_each_shifted_spectrum():
+    rng = np.random.default_rng(5)
+    wave = loglam_grid(3800, 9200, 2e-4)     # 1921 pixels: blocks of ~55 spectra, so 150 spectra take three
+    n = 150
+    flux = rng.normal(1, 0.2, (n, wave.size))
+    ivar = rng.uniform(0.5, 4, (n, wave.size))
+    ivar[rng.uniform(size=ivar.shape) < 0.05] = 0
+    z = rng.uniform(0, 0.5, n)
+    s = Spectra(wave, flux, ivar)
+    r = s.to_rest_frame(z)
+    assert r.wave[0] == pytest.approx(wave[0] / (1 + z.max())) and r.wave[-1] <= wave[-1] / (1 + z.min())
+    for i in range(n):
+        one = Spectra(wave / (1 + z[i]), s.flux[i], s.ivar[i], s.mask[i]).resample(r.wave)
+        assert np.array_equal(one.mask[0], r.mask[i])
+        np.testing.assert_allclose(r.flux[i], one.flux[0], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(r.ivar[i], one.ivar[0], rtol=1e-6)
+
+
+def test_rest_frame_of_no_spectra_needs_a_grid_and_grids_are_checked():
+    s = make(n=3)[:0]
+    with pytest.raises(SpecaeError, match="needs the rest-frame grid"):
+        s.to_rest_frame(np.zeros(0))
+    assert s.to_rest_frame(np.zeros(0), s.wave).flux.shape == (0, s.npix)
+    for bad in (s.wave[::-1], np.r_[s.wave[:-1], np.nan], -s.wave[::-1]):
+        with pytest.raises(SpecaeError, match="wave must be"):
+            make().resample(bad)

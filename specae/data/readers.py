@@ -1,8 +1,9 @@
-"""Readers for survey spectrum files: SDSS/BOSS spec-lite, DESI coadds and stacks, APOGEE.
+"""Readers for survey spectrum files: SDSS/BOSS spec and spec-lite, DESI coadds and stacks, APOGEE.
 
 Each reader returns a :class:`Spectra` (wave in Angstrom, flux/ivar of shape (N, npix)). Formats are
 recognised from a file's HDUs, never its name. Anything wrong with a file (missing, not FITS, not a
-spectrum, a column missing) raises :class:`SpecaeError` with one line naming the file.
+spectrum, a column missing, damaged or truncated) raises :class:`SpecaeError` with one line naming
+the file; masked bad pixels give one warning naming it. Files are opened read-only.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.utils.exceptions import AstropyWarning
+from astropy.io.fits.verify import VerifyError
+from astropy.utils.exceptions import AstropyUserWarning, AstropyWarning
 
 from specae.data.resample import loglam_grid
 from specae.data.spectra import Spectra
-from specae.errors import SpecaeError
+from specae.errors import SpecaeError, about, first_line, one_masking_warning
 
 FLUX_UNIT = "1e-17 erg/s/cm2/A"
 
@@ -31,26 +33,50 @@ APOGEE_HUGE_ERR = 1e5
 # ASPCAP parameter order of PARAM/FPARAM (aspcap_params: TEFF LOGG LOG10VDOP METALS C N
 # "O Mg Si S Ca Ti" LGVSINI O), named as the allStar tags; vmicro and vsini are log10(km/s).
 APOGEE_PARAMS = ("TEFF", "LOGG", "LOGVMICRO", "M_H", "C_M", "N_M", "ALPHA_M", "LGVSINI", "O_M")
+# SDSS catalogue HDU: a specObj row in SDSS-I/II spec files, an spAll row in BOSS/eBOSS ones
+SDSS_CATALOGUES = ("SPECOBJ", "SPALL")
+SDSS_LABELS = ("Z", "Z_ERR", "ZWARNING")
+SDSS_STRING_LABELS = ("CLASS", "SUBCLASS")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+STANDARD_HDUS = (fits.PrimaryHDU, fits.ImageHDU, fits.BinTableHDU, fits.TableHDU, fits.CompImageHDU)
 
 
 # -- opening and recognising files -------------------------------------------------------------------
 @contextmanager
 def _open_fits(path, kind: str | None = None):
-    """Open `path` read-only; turn missing/non-FITS files and missing HDUs/columns into SpecaeError.
+    """Open `path` read-only; turn missing, non-FITS or damaged files and missing HDUs/columns into SpecaeError.
 
-    kind: what the caller expects (e.g. "SDSS spec-lite"), for the error message.
+    kind: what the caller expects (e.g. "SDSS spec"), for the error message. Errors raised inside name
+    the file, and masked-pixel warnings are folded into one naming it.
     """
     path = Path(path)
     if not path.is_file():
         raise SpecaeError(f"{path}: {'is a directory, not a file' if path.is_dir() else 'no such file'}")
-    with warnings.catch_warnings():
+    with about(path), warnings.catch_warnings():
         # real survey headers carry non-standard cards (e.g. AKWISE = 'NAN'); they do not matter here
         warnings.simplefilter("ignore", AstropyWarning)
         try:
-            hdul = fits.open(path, memmap=False)
-        except (OSError, ValueError) as e:
-            reason = str(e).split(".")[0]  # astropy's first sentence; the rest suggests unhelpful options
-            raise SpecaeError(f"{path}: not a readable FITS file ({reason})") from None
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", AstropyUserWarning)
+                hdul = fits.open(path, memmap=False)
+                # every header and table layout now: astropy reads them lazily, and only warns of a
+                # truncated file when it reaches the cut
+                hdul.readall()
+                for i, h in enumerate(hdul):
+                    if not isinstance(h, STANDARD_HDUS):
+                        raise ValueError(f"HDU {i} is damaged or of no standard type")
+                    if isinstance(h, fits.BinTableHDU):
+                        h.columns
+        except Exception as e:  # astropy fails on damaged headers in many ways; no specae code runs here
+            with open(path, "rb") as fh:
+                if fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                    raise SpecaeError("an HDF5 file, not FITS (read it with specae.data.read_h5)") from None
+            reason = first_line(e).split(".")[0]  # astropy's first sentence; the rest suggests unhelpful options
+            raise SpecaeError(f"not a readable FITS file ({reason or type(e).__name__})") from None
+        truncated = next((str(w.message) for w in caught if "truncated" in str(w.message)), None)
+        if truncated:
+            hdul.close()
+            raise SpecaeError(f"truncated FITS file ({truncated})")
         with hdul:
             try:
                 yield hdul
@@ -58,7 +84,16 @@ def _open_fits(path, kind: str | None = None):
                 # a missing HDU or column: the file is damaged or of another kind than the reader expects
                 found = _sniff(hdul)
                 hint = f"; it looks like {found.upper()}" if kind and found and found not in kind.lower() else ""
-                raise SpecaeError(f"{path}: not a complete {kind or found or 'spectrum'} file ({e}){hint}") from None
+                raise SpecaeError(f"not a complete {kind or found or 'spectrum'} file ({e}){hint}") from None
+            except (OSError, ValueError, TypeError, VerifyError) as e:
+                # astropy parses data and header cards lazily: a corrupt file fails here, when they are read
+                # (e.g. a card or column of the wrong type)
+                raise SpecaeError(f"damaged or truncated FITS file ({first_line(e)})") from None
+
+
+def _columns(table) -> set[str]:
+    """Lower-case column names of a table HDU or FITS_rec (unnamed columns left out)."""
+    return {c.lower() for c in table.columns.names if c}
 
 
 def _is_image(hdul, i: int) -> bool:
@@ -69,7 +104,7 @@ def _sniff(hdul) -> str | None:
     """'sdss' | 'desi' | 'apogee' from the HDU layout, or None."""
     names = {h.name for h in hdul}
     if "COADD" in names and isinstance(hdul["COADD"], fits.BinTableHDU):
-        if "loglam" in [c.lower() for c in hdul["COADD"].columns.names]:
+        if "loglam" in _columns(hdul["COADD"]):
             return "sdss"
     if any(n.endswith("_WAVELENGTH") for n in names) or {"FLUX", "IVAR", "WAVE"} <= names:
         return "desi"
@@ -108,41 +143,90 @@ def _require_format(hdul, path) -> str:
     return fmt
 
 
-def read_spectra(path) -> Spectra:
-    """Read any supported spectrum file, dispatching on :func:`detect_format`."""
+def read_spectra(path, exposures: bool = False) -> Spectra:
+    """Read any supported spectrum file, dispatching on :func:`detect_format`.
+
+    exposures: SDSS/BOSS full spec files only: one spectrum per exposure instead of the coadd (see
+    :func:`read_sdss`).
+    """
     with _open_fits(path) as hdul:
         fmt = _require_format(hdul, path)
-        return {"sdss": _sdss, "desi": _desi, "apogee": _apogee}[fmt](hdul, Path(path))
+        if fmt == "sdss":
+            return _sdss(hdul, Path(path), exposures)
+        if exposures:
+            raise SpecaeError(f"per-exposure spectra come from SDSS/BOSS full spec files; this is a {fmt.upper()} file")
+        return {"desi": _desi, "apogee": _apogee}[fmt](hdul, Path(path))
 
 
 # -- SDSS ------------------------------------------------------------------------------------------------
-def read_sdss(path) -> Spectra:
-    """SDSS/BOSS spec-lite file (also ``gelato-*.fits``): one spectrum, flux in 1e-17 erg/s/cm2/A.
+def read_sdss(path, exposures: bool = False) -> Spectra:
+    """SDSS/BOSS spec or spec-lite file (also ``gelato-*.fits``), flux in 1e-17 erg/s/cm2/A.
 
-    Pixels with ``and_mask != 0`` (bad in every exposure) are masked. Labels from SPECOBJ: Z, Z_ERR,
-    ZWARNING, CLASS, SUBCLASS (strings stripped). ids: PLATE-MJD-FIBERID, else the file stem.
+    The coadd (HDU COADD): one spectrum, pixels with ``and_mask != 0`` (bad in every exposure) masked.
+    Labels from the catalogue HDU, SPECOBJ (SDSS-I/II) or SPALL (BOSS): Z, Z_ERR, ZWARNING, CLASS,
+    SUBCLASS (those present; strings stripped). ids: PLATE-MJD-FIBERID, else the file stem.
+
+    exposures=True (full spec files): one spectrum per exposure HDU (HDU 4+, one per camera and
+    exposure, EXTNAME like ``b1-00123456-00123455-00123450``), rebinned onto the coadd's grid with
+    `Spectra.resample`, so pixels outside the camera's range are masked; pixels with ``mask != 0``
+    masked. Labels: the coadd's, plus EXPOSURE (the EXTNAME), CAMERA (b1, r1, b2, r2) and EXP_MJD
+    (exposure start, MJD in TAI, from TAI-BEG; NaN if absent). ids: PLATE-MJD-FIBERID:EXTNAME.
     """
-    with _open_fits(path, "SDSS spec-lite") as hdul:
-        return _sdss(hdul, Path(path))
+    with _open_fits(path, "SDSS spec") as hdul:
+        return _sdss(hdul, Path(path), exposures)
 
 
-def _sdss(hdul, path: Path) -> Spectra:
-    c = hdul["COADD"].data
-    loglam = np.asarray(c["loglam"], dtype=np.float64)
-    # loglam is float32 (~0.005 A error); the SDSS grid is exact multiples of 1e-4 dex, so restore it
+def _sdss(hdul, path: Path, exposures: bool = False) -> Spectra:
+    labels, ident = _sdss_catalogue(hdul, path)
+    coadd = Spectra(*_sdss_table(hdul["COADD"].data), labels, [ident],
+                    meta={"flux_unit": FLUX_UNIT, "source": "sdss"})
+    return _sdss_exposures(hdul, coadd) if exposures else coadd
+
+
+def _sdss_table(t) -> tuple:
+    """(wave (npix,) Angstrom, flux, ivar, mask (1, npix)) from an SDSS table of loglam/flux/ivar/mask."""
+    loglam = np.asarray(t["loglam"], dtype=np.float64)
+    # loglam is float32 (~0.005 A error); the coadd grid is exact multiples of 1e-4 dex, so restore it
     snapped = np.round(loglam, 4)
     if np.allclose(snapped, loglam, rtol=0, atol=1e-6):
         loglam = snapped
-    flux = np.asarray(c["flux"], dtype=np.float64)[None]
-    ivar = np.asarray(c["ivar"], dtype=np.float64)[None]
-    mask = (np.asarray(c["and_mask"]) != 0)[None]
-    labels, ids = {}, np.array([path.stem])
-    if "SPECOBJ" in hdul:
-        s = hdul["SPECOBJ"].data[:1]
-        labels = {k: np.asarray(s[k]) for k in ("Z", "Z_ERR", "ZWARNING")}
-        labels |= {k: np.char.strip(np.asarray(s[k]).astype(str)) for k in ("CLASS", "SUBCLASS")}
-        ids = np.array([f"{s['PLATE'][0]:04d}-{s['MJD'][0]:05d}-{s['FIBERID'][0]:04d}"])
-    return Spectra(10 ** loglam, flux, ivar, mask, labels, ids, meta={"flux_unit": FLUX_UNIT, "source": "sdss"})
+    bits = t["and_mask"] if "and_mask" in _columns(t) else t["mask"]
+    with np.errstate(over="ignore"):       # absurd loglam -> inf, which Spectra refuses with a clear message
+        wave = 10 ** loglam
+    return wave, np.asarray(t["flux"])[None], np.asarray(t["ivar"])[None], (np.asarray(bits) != 0)[None]
+
+
+def _sdss_catalogue(hdul, path: Path) -> tuple[dict, str]:
+    """(labels, each (1,), and the PLATE-MJD-FIBERID id) from the catalogue HDU; ({}, file stem) without one."""
+    name = next((n for n in SDSS_CATALOGUES if n in hdul), None)
+    row = hdul[name].data[:1] if name else None
+    if row is None or len(row) == 0:
+        return {}, path.stem
+    cols = _columns(row)
+    labels = {k: np.asarray(row[k]) for k in SDSS_LABELS if k.lower() in cols}
+    labels |= {k: np.char.strip(np.asarray(row[k]).astype(str)) for k in SDSS_STRING_LABELS if k.lower() in cols}
+    if not {"plate", "mjd", "fiberid"} <= cols:
+        return labels, path.stem
+    return labels, f"{int(row['PLATE'][0]):04d}-{int(row['MJD'][0]):05d}-{int(row['FIBERID'][0]):04d}"
+
+
+def _sdss_exposures(hdul, coadd: Spectra) -> Spectra:
+    """The exposure HDUs of a full spec file as spectra on `coadd`'s grid (see `read_sdss`)."""
+    hdus = [h for h in hdul if isinstance(h, fits.BinTableHDU) and h.name != "COADD"
+            and {"loglam", "flux", "ivar"} <= _columns(h)]
+    if not hdus:
+        raise SpecaeError("has no per-exposure HDUs (a spec-lite file?); exposures need the full spec- file")
+    items = []
+    for h in hdus:
+        name = str(h.header.get("EXTNAME", h.name)).strip()
+        labels = {**coadd.labels, "EXPOSURE": np.array([name]), "CAMERA": np.array([name.split("-")[0].lower()]),
+                  "EXP_MJD": np.array([float(h.header.get("TAI-BEG", np.nan)) / 86400])}
+        try:
+            items.append(Spectra(*_sdss_table(h.data), labels, [f"{coadd.ids[0]}:{name}"], meta=coadd.meta)
+                         .resample(coadd.wave))
+        except SpecaeError as e:
+            raise SpecaeError(f"exposure HDU {name}: {e}") from None
+    return Spectra.concatenate(items)
 
 
 # -- DESI ------------------------------------------------------------------------------------------------
@@ -177,9 +261,12 @@ def _desi(hdul, path: Path, redrock=None) -> Spectra:
     wsum, wflux = np.zeros((nspec, wave.size)), np.zeros((nspec, wave.size))
     for arm, w, i in zip(arms, waves, idx):
         wave[i] = w  # keep the file's own wavelengths
-        flux = np.asarray(hdul[f"{arm}_FLUX"].data, dtype=np.float64)
-        ivar = np.asarray(hdul[f"{arm}_IVAR"].data, dtype=np.float64)
-        good = (np.asarray(hdul[f"{arm}_MASK"].data) == 0) & np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)
+        flux, ivar, bits = (np.asarray(hdul[f"{arm}_{k}"].data) for k in ("FLUX", "IVAR", "MASK"))
+        if not flux.shape == ivar.shape == bits.shape == (nspec, w.size):
+            raise SpecaeError(f"{arm}_FLUX, {arm}_IVAR, {arm}_MASK have shapes {flux.shape}, {ivar.shape}, "
+                              f"{bits.shape}; expected {nspec} spectra x {w.size} pixels")
+        flux, ivar = flux.astype(np.float64), ivar.astype(np.float64)
+        good = (bits == 0) & np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)
         ivar = np.where(good, ivar, 0.0)
         wsum[:, i] += ivar
         wflux[:, i] += ivar * np.where(good, flux, 0.0)
@@ -251,7 +338,8 @@ def _apogee(hdul, path: Path) -> Spectra:
         return _apvisit(hdul, path)
     h1 = hdul[1].header
     npix = hdul[1].shape[-1]
-    loglam = h1["CRVAL1"] + h1["CDELT1"] * (np.arange(npix) + 1 - h1.get("CRPIX1", 1))
+    crval, cdelt, crpix = (float(h1.get(k, 1)) for k in ("CRVAL1", "CDELT1", "CRPIX1"))  # str card: ValueError
+    loglam = crval + cdelt * (np.arange(npix) + 1 - crpix)
     flux = np.atleast_2d(np.asarray(hdul[1].data, dtype=np.float64))[:1]
     err = np.atleast_2d(np.asarray(hdul[2].data, dtype=np.float64))[:1]
     if kind == "aspcapStar":
@@ -319,18 +407,20 @@ def _apogee_ivar(flux: np.ndarray, err: np.ndarray, bad: np.ndarray):
 
 
 # -- many files --------------------------------------------------------------------------------------------
-def read_many(paths, wave=None) -> Spectra:
-    """Read several files onto one grid and stack them.
+def read_many(paths, wave=None, exposures: bool = False) -> Spectra:
+    """Read several files onto one grid and stack them (with `exposures`, each file's exposures).
 
     wave: target grid in Angstrom; default a log-linear grid with the median of the files' median
     log10 steps, covering the union of their ranges. Each file is rebinned with `Spectra.resample`.
     Labels missing from some files are kept, filled with NaN (numeric) or "" (string). All files must
-    share flux unit and frame (normalise/shift them first otherwise).
+    share flux unit and frame (normalise/shift them first otherwise). Pixels masked for bad values give
+    one warning for all files.
     """
     paths = list(paths)
     if not paths:
         raise SpecaeError("read_many: no files given")
-    items = [read_spectra(p) for p in paths]
+    with one_masking_warning(f"{len(paths)} files"):
+        items = [read_spectra(p, exposures) for p in paths]
     for key in ("flux_unit", "frame"):
         for p, s in zip(paths, items):
             if s.meta[key] != items[0].meta[key]:

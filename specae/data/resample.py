@@ -8,6 +8,21 @@ import scipy.sparse as sp
 from specae.errors import SpecaeError
 
 
+def checked_grid(wave) -> np.ndarray:
+    """`wave` as a float64 (npix,) grid in Angstrom: finite, positive and strictly increasing, else SpecaeError."""
+    try:
+        wave = np.asarray(wave, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SpecaeError("wave does not hold numbers") from None
+    if wave.ndim != 1:
+        raise SpecaeError(f"wave must be 1-D (npix,), found shape {wave.shape}")
+    if not np.all(np.isfinite(wave)) or np.any(wave <= 0):
+        raise SpecaeError("wave must be finite and positive (Angstrom); it holds NaN/inf or values <= 0")
+    if not np.all(np.diff(wave) > 0):
+        raise SpecaeError("wave must be strictly increasing")
+    return wave
+
+
 def pixel_edges(wave: np.ndarray) -> np.ndarray:
     """(npix + 1,) pixel boundaries: midpoints between centres, ends mirrored outwards."""
     wave = np.asarray(wave, dtype=np.float64)
@@ -17,23 +32,33 @@ def pixel_edges(wave: np.ndarray) -> np.ndarray:
     return np.concatenate([[2 * wave[0] - mid[0]], mid, [2 * wave[-1] - mid[-1]]])
 
 
+def overlap_pairs(edges: np.ndarray, left: np.ndarray, right: np.ndarray):
+    """Overlaps of intervals [left_j, right_j] (sorted within each run) with pixels of boundaries `edges`.
+
+    Returns (j, i, length) for every overlapping pair (interval j, pixel i), length in Angstrom > 0.
+    """
+    npix = edges.size - 1
+    # each interval overlaps at most pixels lo..hi, found by bisection in the sorted edges
+    lo = np.clip(np.searchsorted(edges, left, side="right") - 1, 0, npix - 1)
+    hi = np.clip(np.searchsorted(edges, right, side="left") - 1, 0, npix - 1)
+    counts = hi - lo + 1
+    j = np.repeat(np.arange(left.size), counts)
+    i = np.repeat(lo, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    length = np.minimum(right[j], edges[1:][i]) - np.maximum(left[j], edges[:-1][i])
+    keep = length > 0
+    return j[keep], i[keep], length[keep]
+
+
 def rebin_matrix(old: np.ndarray, new: np.ndarray) -> sp.csr_matrix:
     """Sparse (len(new), len(old)) matrix of overlap lengths [Angstrom] between new and old pixels."""
-    e_old, e_new = pixel_edges(old), pixel_edges(new)
-    # every pair (new j, old i) that can overlap, found by merging the two sorted edge lists
-    lo = np.clip(np.searchsorted(e_old, e_new[:-1], side="right") - 1, 0, old.size - 1)
-    hi = np.clip(np.searchsorted(e_old, e_new[1:], side="left") - 1, 0, old.size - 1)
-    counts = hi - lo + 1
-    rows = np.repeat(np.arange(new.size), counts)
-    cols = np.repeat(lo, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    overlap = (np.minimum(e_new[1:][rows], e_old[1:][cols]) - np.maximum(e_new[:-1][rows], e_old[:-1][cols]))
-    keep = overlap > 0
-    return sp.csr_matrix((overlap[keep], (rows[keep], cols[keep])), shape=(new.size, old.size))
+    e_new = pixel_edges(new)
+    j, i, length = overlap_pairs(pixel_edges(old), e_new[:-1], e_new[1:])
+    return sp.csr_matrix((length, (j, i)), shape=(new.size, old.size))
 
 
 def loglam_grid(start: float, stop: float, step: float) -> np.ndarray:
     """Log-linear grid from `start` to `stop` Angstrom with `step` in log10(Angstrom)."""
-    if not (0 < start < stop) or step <= 0:
+    if not (0 < start < stop < np.inf) or not 0 < step < np.inf:
         raise SpecaeError(f"bad log-lambda grid: start={start}, stop={stop}, step={step}")
     n = int(np.floor((np.log10(stop) - np.log10(start)) / step + 1e-9)) + 1
     return 10 ** (np.log10(start) + step * np.arange(n))

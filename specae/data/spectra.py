@@ -2,11 +2,15 @@
 
 Every reader returns one, every model consumes one, every writer stores one.
 Conventions:
-    wave  (npix,)    wavelength in Angstrom, strictly increasing
+    wave  (npix,)    wavelength in Angstrom, positive and strictly increasing
     flux  (N, npix)  flux density, in `meta["flux_unit"]`
     ivar  (N, npix)  inverse variance of flux; 0 means "no information"
     mask  (N, npix)  True = bad pixel; always consistent with ivar (mask <=> ivar == 0)
     scale (N,)       normalisation factor already divided out of flux (1 = original units)
+
+Input of any real dtype is accepted and stored as float32. Pixels whose flux is NaN/inf or too large
+for float32, or whose ivar is NaN/inf/negative, are masked with one warning that counts them; ivar
+above float32's range is clipped to it, with a warning.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from specae.errors import SpecaeError
-from specae.data.resample import loglam_grid, pixel_edges, rebin_matrix
+from specae.errors import MaskedPixelsWarning, SpecaeError
+from specae.data.resample import checked_grid, loglam_grid, overlap_pairs, pixel_edges, rebin_matrix
+
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -32,31 +38,35 @@ class Spectra:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.wave = np.asarray(self.wave, dtype=np.float64)
-        self.flux = np.array(self.flux, dtype=np.float32, ndmin=2)
-        self.ivar = np.array(self.ivar, dtype=np.float32, ndmin=2)
-        n, npix = self.flux.shape
-        if self.wave.ndim != 1 or self.wave.size != npix:
+        self.wave = checked_grid(self.wave)
+        flux, ivar = _numbers("flux", self.flux, ndmin=2), _numbers("ivar", self.ivar, ndmin=2)
+        if flux.ndim != 2:
+            raise SpecaeError(f"flux must have shape (N, npix) or (npix,), found {flux.shape}")
+        n, npix = flux.shape
+        if npix == 0 or self.wave.size != npix:
             raise SpecaeError(f"wave has shape {self.wave.shape} but flux has {npix} pixels per spectrum")
-        if self.ivar.shape != self.flux.shape:
-            raise SpecaeError(f"ivar shape {self.ivar.shape} does not match flux shape {self.flux.shape}")
-        if not np.all(np.isfinite(self.wave)):
-            raise SpecaeError("wave contains NaN or inf")
-        if npix > 1 and not np.all(np.diff(self.wave) > 0):
-            raise SpecaeError("wave must be strictly increasing")
-        mask = np.zeros((n, npix), bool) if self.mask is None else np.array(self.mask, dtype=bool, ndmin=2)
-        if mask.shape != self.flux.shape:
-            raise SpecaeError(f"mask shape {mask.shape} does not match flux shape {self.flux.shape}")
+        if ivar.shape != flux.shape:
+            raise SpecaeError(f"ivar shape {ivar.shape} does not match flux shape {flux.shape}")
+        mask = np.zeros((n, npix), bool) if self.mask is None else _numbers("mask", self.mask, ndmin=2).astype(bool)
+        if mask.shape != flux.shape:
+            raise SpecaeError(f"mask shape {mask.shape} does not match flux shape {flux.shape}")
 
-        bad = ~np.isfinite(self.flux) | ~np.isfinite(self.ivar) | (self.ivar < 0)
+        bad = ~np.isfinite(flux) | ~np.isfinite(ivar) | (ivar < 0)
+        if _wider_than_float32(flux):                      # flux too large for float32 cannot be stored
+            bad |= np.abs(flux) > F32_MAX
         n_bad = int(np.count_nonzero(bad & ~mask))
         if n_bad:
-            warnings.warn(f"{n_bad} pixels with NaN/inf flux or NaN/inf/negative ivar were masked",
-                          stacklevel=3)
-        mask |= bad | (self.ivar == 0)
-        self.flux[bad] = 0.0
-        self.ivar[mask] = 0.0
-        self.mask = mask
+            warnings.warn(MaskedPixelsWarning(n_bad), stacklevel=3)
+        mask |= bad
+        # ivar that large is clipped instead: its weight dominates anyway
+        n_huge = int(np.count_nonzero((ivar > F32_MAX) & ~mask)) if _wider_than_float32(ivar) else 0
+        if n_huge:
+            warnings.warn(f"{n_huge} pixels have ivar above float32's range and were clipped to {F32_MAX:.3g}; "
+                          "if the flux is in very small units, scale it (e.g. to 1e-17 erg/s/cm2/A)", stacklevel=3)
+            ivar = np.minimum(ivar, F32_MAX)
+        self.flux = np.where(bad, 0, flux).astype(np.float32, copy=False)
+        self.ivar = np.where(mask, 0, ivar).astype(np.float32, copy=False)
+        self.mask = mask | (self.ivar == 0)   # includes ivar below float32's smallest value: no information
 
         self.labels = {k: np.asarray(v) for k, v in self.labels.items()}
         for k, v in self.labels.items():
@@ -65,9 +75,11 @@ class Spectra:
         self.ids = np.arange(n).astype(str) if self.ids is None else np.asarray(self.ids).astype(str)
         if self.ids.shape != (n,):
             raise SpecaeError(f"ids has shape {self.ids.shape}, expected ({n},)")
-        self.scale = np.ones(n) if self.scale is None else np.asarray(self.scale, dtype=np.float64)
+        self.scale = np.ones(n) if self.scale is None else _numbers("scale", self.scale).astype(np.float64)
         if self.scale.shape != (n,):
             raise SpecaeError(f"scale has shape {self.scale.shape}, expected ({n},)")
+        if not np.all(np.isfinite(self.scale) & (self.scale > 0)):
+            raise SpecaeError("scale (the normalisation divided out) must be finite and positive")
         self.meta = {"flux_unit": "", "source": "", "frame": "observed", **self.meta}
 
     # -- basic facts -------------------------------------------------------------------------
@@ -139,7 +151,8 @@ class Spectra:
             raise SpecaeError(f"normalisation window {window} lies outside {self.wave[0]:.1f}-{self.wave[-1]:.1f} A")
         norm = _masked_median(self.flux[:, inside], self.mask[:, inside])
         fallback = _masked_median(np.abs(self.flux), self.mask)
-        norm = np.where(norm > 0, norm, np.where(fallback > 0, fallback, 1.0))
+        # float64: squaring a float32 norm of 1e20+ for ivar would overflow
+        norm = np.where(norm > 0, norm, np.where(fallback > 0, fallback, 1.0)).astype(np.float64)
         return Spectra(self.wave, self.flux / norm[:, None], self.ivar * norm[:, None] ** 2, self.mask,
                        dict(self.labels), self.ids, self.scale * norm, dict(self.meta))
 
@@ -156,8 +169,10 @@ class Spectra:
             z = np.asarray(self.labels[label], dtype=np.float64)
         except ValueError:
             raise SpecaeError(f"label {label!r} does not hold numbers") from None
-        if not np.all(np.isfinite(z)) or np.any(z <= -1):
-            raise SpecaeError(f"label {label!r} has non-finite or <= -1 redshifts")
+        bad = np.flatnonzero(~np.isfinite(z) | (z <= -1))
+        if bad.size:
+            raise SpecaeError(f"label {label!r} has {bad.size} non-finite or <= -1 redshifts (ids "
+                              f"{', '.join(self.ids[bad[:3]])}{', ...' if bad.size > 3 else ''})")
         return z
 
     # -- grids ---------------------------------------------------------------------------------
@@ -167,37 +182,74 @@ class Spectra:
         Each new pixel is the overlap-weighted mean of the valid old pixels it covers; its variance is
         sum(w_i^2 var_i) / (sum w_i)^2. New pixels less than half covered by valid data are masked.
         """
-        wave = np.asarray(wave, dtype=np.float64)
+        wave = checked_grid(wave)
         w = rebin_matrix(self.wave, wave)                   # (npix_new, npix_old) overlap lengths
-        good = ~self.mask                                   # (N, npix_old)
-        cover = (w @ good.T.astype(np.float64)).T           # (N, npix_new) valid overlap length
-        ok = cover >= 0.5 * np.diff(pixel_edges(wave))
-        safe = np.where(ok, cover, 1.0)
-        flux = (w @ np.where(good, self.flux, 0.0).T).T / safe
-        var = np.where(good, 1.0 / np.where(good, self.ivar, 1.0), 0.0)
-        var_new = (w.power(2) @ var.T).T / safe ** 2
-        ivar = np.where(ok & (var_new > 0), 1.0 / np.where(var_new > 0, var_new, 1.0), 0.0)
-        return Spectra(wave, np.where(ok, flux, 0.0), ivar, ~ok, dict(self.labels), self.ids, self.scale,
-                       dict(self.meta))
+        good, flux, var = self._valid_flux_var(slice(None))
+        flux, ivar = _from_sums(wave, *[(m @ a.T).T for m, a in ((w, good), (w, flux), (w.power(2), var))])
+        return Spectra(wave, flux, ivar, None, dict(self.labels), self.ids, self.scale, dict(self.meta))
 
     def to_rest_frame(self, z, wave: np.ndarray | None = None) -> "Spectra":
         """Shift each spectrum to its rest frame and rebin onto one common rest-frame grid.
 
         z: (N,) redshifts or the name of a label. wave: target rest grid in Angstrom; by default a
         log-linear grid with the input's median log step covering all shifted spectra. Flux density
-        values are kept as they are (normalise afterwards); ivar is propagated by `resample`.
+        values are kept as they are (normalise afterwards). Each spectrum is rebinned exactly as
+        `resample` would from its own shifted grid, in blocks of spectra at a time.
         """
         z = self.redshifts(z) if isinstance(z, str) else np.asarray(z, dtype=float)
         if z.shape != (len(self),) or not np.all(np.isfinite(z)) or np.any(z <= -1):
             raise SpecaeError("to_rest_frame needs one finite redshift > -1 per spectrum")
         if wave is None:
+            if not len(self):
+                raise SpecaeError("to_rest_frame of no spectra needs the rest-frame grid `wave`")
             step = float(np.median(np.diff(np.log10(self.wave))))
             wave = loglam_grid(self.wave[0] / (1 + z.max()), self.wave[-1] / (1 + z.min()), step)
-        parts = [Spectra(self.wave / (1 + zi), self.flux[i:i + 1], self.ivar[i:i + 1], self.mask[i:i + 1])
-                 .resample(wave) for i, zi in enumerate(z)]
-        return Spectra(wave, np.concatenate([p.flux for p in parts]), np.concatenate([p.ivar for p in parts]),
-                       np.concatenate([p.mask for p in parts]), dict(self.labels), self.ids, self.scale,
-                       {**self.meta, "frame": "rest"})
+        wave = checked_grid(wave)
+        e_old, e_new = pixel_edges(self.wave), pixel_edges(wave)
+        flux, ivar = np.zeros((2, len(self), wave.size), np.float32)
+        block = max(1, 250_000 // (e_old.size + e_new.size))   # ~2.5e5 pixel pairs a block: fits in cache
+        for start in range(0, len(self), block):
+            rows = slice(start, min(start + block, len(self)))
+            f = 1 + z[rows]
+            # new pixel j of spectrum i covers [e_new[j], e_new[j+1]] * (1 + z_i) in its observed frame
+            pair, k, overlap = overlap_pairs(e_old, np.outer(f, e_new[:-1]).ravel(), np.outer(f, e_new[1:]).ravel())
+            i = pair // wave.size                           # spectrum of each pair, within the block
+            w = overlap / f[i]                              # overlap in rest-frame Angstrom, as `resample` sees it
+            sums = [np.bincount(pair, weight * values[i, k], minlength=f.size * wave.size).reshape(f.size, -1)
+                    for weight, values in zip((w, w, w ** 2), self._valid_flux_var(rows))]
+            flux[rows], ivar[rows] = _from_sums(wave, *sums)
+        return Spectra(wave, flux, ivar, None, dict(self.labels), self.ids, self.scale, {**self.meta, "frame": "rest"})
+
+    def _valid_flux_var(self, rows: slice):
+        """(valid, flux with 0 where masked, variance with 0 where masked), each (n, npix), of rows `rows`;
+        float64, so that 1/ivar of the smallest float32 ivar cannot overflow."""
+        good = ~self.mask[rows]
+        var = np.where(good, 1.0 / np.where(good, self.ivar[rows].astype(np.float64), 1.0), 0.0)
+        return good, np.where(good, self.flux[rows].astype(np.float64), 0.0), var
+
+
+def _from_sums(wave: np.ndarray, cover, wflux, w2var) -> tuple[np.ndarray, np.ndarray]:
+    """(flux, ivar), float32 (n, npix_new), of spectra rebinned onto `wave`, from sums over the old pixels
+    per new pixel: valid overlap `cover`, overlap-weighted flux `wflux`, squared-overlap-weighted variance
+    `w2var`. New pixels less than half covered by valid data get ivar 0."""
+    ok = (cover >= 0.5 * np.diff(pixel_edges(wave))) & (w2var > 0)
+    safe = np.where(ok, cover, 1.0)
+    ivar = np.where(ok, safe ** 2 / np.where(ok, w2var, 1.0), 0.0)
+    # a mean of float32 values fits float32; ivar summed from pixels near float32's limit may not
+    return np.where(ok, wflux / safe, 0.0).astype(np.float32), np.minimum(ivar, F32_MAX).astype(np.float32)
+
+
+def _numbers(name: str, x, ndmin: int = 0) -> np.ndarray:
+    """`x` as a numpy array of a real (bool, int or float) dtype, at least `ndmin`-D; else SpecaeError."""
+    a = np.array(x, ndmin=ndmin, copy=None)
+    if a.dtype.kind not in "biuf":
+        raise SpecaeError(f"{name} holds {a.dtype} values, not real numbers")
+    return a
+
+
+def _wider_than_float32(a: np.ndarray) -> bool:
+    """Whether `a`'s dtype can hold finite values too large for float32 (float64 and wider)."""
+    return a.dtype.kind == "f" and a.dtype.itemsize > 4
 
 
 def _masked_median(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
