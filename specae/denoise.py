@@ -1,104 +1,205 @@
-"""Denoising with uncertainty, and encoding to latents, for trained models."""
+"""Denoising with uncertainty, and encoding to latent posteriors, for trained models.
+
+Spectra go in, results in the spectra's own units come out; in between everything is model-space
+tensors (specae.data.tensors) and the one latent posterior API (specae.uncertainty).
+"""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from specae.data.spectra import Spectra
+from specae.data.tensors import Batch, on_grid, to_batch, window_mask
+from specae.engine.runtime import Runtime
 from specae.errors import SpecaeError
-from specae.models.vae import SpectrumVAE
-from specae.uncertainty import laplace_posterior
+from specae.uncertainty import SCALE_INDEX, latent_variance, pixel_cov_factor, student_factor
+from specae.uncertainty import posterior as latent_posterior
 
 
 @dataclass
 class Denoised:
-    """Denoised spectra in the input's flux units; every pixel (masked ones too) has a value and a sigma."""
-    wave: np.ndarray     # (npix,) Angstrom
-    flux: np.ndarray     # (N, npix) posterior mean of the decoded spectra
-    sigma: np.ndarray    # (N, npix) total 1-sigma: latent posterior spread + decoder scatter
+    """Denoised spectra in the input's flux units on the model's grid.
+
+    Every pixel the model has seen gets a value and a sigma, masked input pixels too (inpainted); pixels
+    the model never saw (outside the training data's rest-frame coverage) get flux 0 and sigma inf.
+    """
+    wave: np.ndarray          # (npix,) Angstrom
+    flux: np.ndarray          # (N, npix) posterior predictive mean
+    sigma: np.ndarray         # (N, npix) total 1-sigma: latent posterior + decoder scatter
     sigma_latent: np.ndarray  # (N, npix) the latent-posterior part alone
+    inpainted: np.ndarray     # (N, npix) bool: the input pixel was masked; the value is the model's alone
+    unseen: np.ndarray        # (N, npix) bool: the model never saw this wavelength; no estimate
+    cov_factor: np.ndarray | None = None   # (N, npix, K): latent part of the pixel covariance = L L^T
 
 
-def _device(model: SpectrumVAE):
+@dataclass
+class Latents:
+    """Latent posteriors of N spectra (numpy)."""
+    mean: np.ndarray   # (N, K)
+    cov: np.ndarray    # (N, K, K)
+    kind: str          # laplace | decoder | encoder | point
+
+    @property
+    def std(self) -> np.ndarray:
+        """(N, K) marginal standard deviations."""
+        return np.sqrt(np.clip(np.diagonal(self.cov, axis1=1, axis2=2), 0, None))
+
+
+def model_input(model, spectra: Spectra) -> tuple[Batch, np.ndarray, Spectra]:
+    """(Batch, scale (N,), spectra on the model's grid): what the model sees of `spectra`.
+
+    Spectra on another grid are resampled when they cover the model's range. In redshift mode, spectra
+    outside the training redshifts are accepted with a warning; the pixels this leaves the model blind to
+    are flagged as unseen by `denoise`.
+    """
+    spectra = on_grid(spectra, model.wave)
+    cfg = model.cfg
+    batch, scale = to_batch(spectra, window_mask(model.wave, cfg.norm_window), cfg.redshift)
+    if cfg.redshift and cfg.z_range and len(spectra):
+        z = batch.z.numpy()
+        out = (z < cfg.z_range[0]) | (z > cfg.z_range[1])
+        if out.any():
+            warnings.warn(f"{int(out.sum())} spectra have redshifts outside the training range "
+                          f"{cfg.z_range[0]:.4g}-{cfg.z_range[1]:.4g}; pixels the model never saw are masked "
+                          f"in the output", stacklevel=3)
+    return batch, scale, spectra
+
+
+def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def rows_per_batch(model, n_draws: int = 1, budget: int | None = None) -> int:
+    """Spectra per batch so the denoising temporaries (latent draws, Jacobian) fit in memory: half of the
+    free GPU memory, or 512 MB on the CPU, unless `budget` (bytes) is given."""
+    dev = _device(model)
+    if budget is None:
+        budget = torch.cuda.mem_get_info(dev)[0] // 2 if dev.type == "cuda" else 512 << 20
+    n_dec = model.decoder.mean.numel() + model.cfg.npix
+    per_row = 4 * n_dec * (4 * model.cfg.latent_dim + 8 + 2 * n_draws) + 4 * n_dec * max(model.cfg.dec_hidden) // 64
+    return int(np.clip(budget // per_row, 1, 1 << 16))
+
+
 @torch.no_grad()
-def denoise(model: SpectrumVAE, spectra: Spectra, n_samples: int = 64, batch_size: int = 256,
-            seed: int = 0, posterior: str = "laplace", combine: bool = False) -> Denoised:
-    """Posterior-mean spectrum and per-pixel sigma for each spectrum.
+def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, gen=None, combine: bool = False,
+                  covariance: bool = False) -> dict[str, torch.Tensor]:
+    """Model-space posterior predictive for one batch: flux, var_latent, var_model (B, npix), calibrated
+    with the model's sigma factors, plus `factor` (B, npix, K) if `covariance`.
 
-    Draws `n_samples` latents per spectrum from its posterior, decodes them all in one batch, and combines
-    var = a^2 Var_z[mu(z)] + b^2 E_z[sigma_model(z)^2], with (a, b) = the model's validation-calibrated
-    `sigma_scale` (see specae.uncertainty). The AE (a point posterior) gives sigma = b sigma_model.
-    Output is in the units of `spectra.flux` (normalisation undone).
-
-    posterior="encoder" samples the amortised q(z|x); "laplace" (default) starts there, refines z by
-    Gauss-Newton on the exact posterior and samples its Laplace approximation (specae.uncertainty),
-    which is closer to the truth and honest about noisy or heavily masked spectra.
-
-    combine=True treats that model prediction as a prior for each pixel and updates it with the pixel's
-    own measurement (precision-weighted mean of model and data): where the data are more precise than
-    the model (strong emission lines at high S/N) they win; masked pixels keep the model's value.
+    kind "laplace"/"decoder": the posterior is propagated through the decoder's exact Jacobian (no
+    draws needed); "encoder": `n_samples` draws of q(z|x), their unbiased variance widened for the
+    Monte Carlo error and the small-sample quantile (`student_factor`). `combine` updates each pixel with
+    its own measurement: the model's prediction of that pixel from all the *other* pixels (the Laplace
+    posterior with the pixel left out, a rank-one downdate) is averaged with the measurement by their
+    precisions, so no pixel is counted twice.
     """
-    if posterior not in ("laplace", "encoder"):
-        raise SpecaeError(f"unknown posterior {posterior!r} (use 'laplace' or 'encoder')")
-    model.eval()
-    dev = _device(model)
-    data, norm = model.prepare(spectra)
-    if len(data) == 0:
-        empty = np.zeros((0, spectra.npix), np.float32)
-        return Denoised(spectra.wave, empty, empty.copy(), empty.copy())
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    flux, var_lat, var_mod = [], [], []
-    s = n_samples if model.cfg.kind == "vae" else 1
-    rows = max(1, batch_size // s)                                             # spectra per decoded batch
-    for i in range(0, len(data), rows):
-        b = data[i:i + rows].to(dev)
-        mean, logvar = model.encode(b)
-        lat = mean[None]                                                       # (1 | S, B, K)
-        if logvar is not None:
-            noise = torch.randn((s,) + mean.shape, generator=gen, device=dev)
-            if posterior == "laplace":
-                mean, cov = laplace_posterior(model, b, mean)
-                lat = mean[None] + torch.einsum("bkl,sbl->sbk", torch.linalg.cholesky(cov), noise)
-            else:
-                lat = mean[None] + noise * (0.5 * logvar).exp()
-        red = None if b.z is None else b.z.repeat(s)
-        mu, sig = model.decode(lat.reshape(-1, lat.shape[-1]), red)
-        mu, sig = mu.float().view(s, len(b), -1), sig.float().view(s, len(b), -1)   # (S, B, npix)
-        m = mu.mean(0)
-        v_lat = mu.var(0, unbiased=False)
-        flux.append(m.cpu())
-        var_lat.append(v_lat.cpu())
-        var_mod.append((sig ** 2).mean(0).cpu())
-    flux, var_lat, var_mod = (torch.cat(a).numpy() for a in (flux, var_lat, var_mod))
-    a, b = model.sigma_scale.tolist()
-    var_lat = a ** 2 * var_lat
-    var = var_lat + b ** 2 * var_mod
+    post, at = latent_posterior(model, b.x, b.ivar, b.z, kind)
+    scale = model.sigma_scale.float()
+    a, bb = scale[SCALE_INDEX.get(post.kind, 0)], scale[SCALE_INDEX["model"]]
+    out = {}
+    if at is not None:
+        mu, sig, jac = at
+        var_lat = latent_variance(jac, post.cov)
+        if covariance:
+            out["factor"] = a * pixel_cov_factor(jac, post.cov)
+    elif post.kind == "encoder":
+        if n_samples < 2:
+            raise SpecaeError("the encoder posterior needs at least 2 draws (--samples) to estimate its spread")
+        eps = torch.randn((n_samples,) + post.mean.shape, generator=gen, device=post.mean.device)
+        lat = post.mean[None] + eps * post.std.float()[None]                              # (S, B, K)
+        red = None if b.z is None else b.z.repeat(n_samples)
+        mus, sigs = model.decode(lat.reshape(-1, lat.shape[-1]), red)
+        mus, sigs = mus.float().view(n_samples, len(b), -1), sigs.float().view(n_samples, len(b), -1)
+        mu, var_lat = mus.mean(0), mus.var(0, unbiased=True) * student_factor(n_samples)
+        sig = (sigs ** 2).mean(0).sqrt()
+    else:   # the AE's point estimate
+        mu, sig = model.decode(post.mean, b.z)
+        var_lat = torch.zeros_like(mu)
+    mu, sig = mu.float(), sig.float()
+    var_mod = sig ** 2
     if combine:
-        precision = 1 / np.maximum(var, 1e-30) + norm.ivar
-        flux = (flux / np.maximum(var, 1e-30) + norm.flux * norm.ivar) / precision
-        shrink = 1 / (precision * np.maximum(var, 1e-30))     # how much of the model variance is left
-        var, var_lat = 1 / precision, var_lat * shrink
-    out_flux, out_sigma = norm.to_original_units(flux, np.sqrt(var))
-    return Denoised(spectra.wave, out_flux, out_sigma, norm.to_original_units(np.sqrt(var_lat)))
+        if at is None:
+            raise SpecaeError("--combine needs the laplace or decoder posterior")
+        # leave pixel i out: with s = j^T C j and w its weight, the rest predict mu - w r s / (1 - w s) with
+        # latent variance s / (1 - w s) (Sherman-Morrison on the posterior precision)
+        w = torch.where(b.ivar > 0, 1 / (1 / b.ivar.clamp_min(1e-30) + var_mod), torch.zeros_like(var_mod))
+        keep = (1 - w * var_lat).clamp_min(1e-6)
+        mu = mu - torch.where(b.ivar > 0, w * (b.x - mu) * var_lat / keep, torch.zeros_like(mu))
+        var_lat = var_lat / keep
+        v_model = a ** 2 * var_lat + bb ** 2 * var_mod
+        precision = 1 / v_model.clamp_min(1e-30) + b.ivar
+        mu = (mu / v_model.clamp_min(1e-30) + b.x * b.ivar) / precision
+        shrink = 1 / (precision * v_model.clamp_min(1e-30))    # the fraction of the model variance left
+        return {"flux": mu, "var_latent": a ** 2 * var_lat * shrink, "var_model": bb ** 2 * var_mod * shrink, **out}
+    return {"flux": mu, "var_latent": a ** 2 * var_lat, "var_model": bb ** 2 * var_mod, **out}
 
 
-@torch.no_grad()
-def encode(model: SpectrumVAE, spectra: Spectra, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Latent posterior mean and standard deviation, each (N, K); the AE's std is zero."""
+def denoise(model, spectra: Spectra, n_samples: int = 16, batch_size: int | None = None, seed: int = 0,
+            posterior: str = "laplace", combine: bool = False, pixel_covariance: bool = False,
+            precision: str = "fp32") -> Denoised:
+    """Posterior predictive spectrum and per-pixel sigma for each spectrum (see `predict_batch`).
+
+    sigma^2 = a^2 var_latent + b^2 var_model with the validation-calibrated factors of the model;
+    output in the units of `spectra.flux` on the model's grid. `batch_size` (spectra per batch) defaults
+    to what fits in memory; `pixel_covariance` also returns the low-rank latent part of each spectrum's
+    pixel covariance (use it when summing pixels, e.g. for a line flux: neighbouring denoised pixels are
+    strongly correlated).
+    """
     model.eval()
     dev = _device(model)
-    data, _ = model.prepare(spectra)
-    if len(data) == 0:
-        return np.zeros((0, model.cfg.latent_dim), np.float32), np.zeros((0, model.cfg.latent_dim), np.float32)
-    means, stds = [], []
-    for i in range(0, len(data), batch_size):
-        mean, logvar = model.encode(data[i:i + batch_size].to(dev))
-        means.append(mean.float().cpu())
-        stds.append(torch.zeros_like(mean).cpu() if logvar is None else (0.5 * logvar).exp().float().cpu())
-    return torch.cat(means).numpy(), torch.cat(stds).numpy()
+    rt = Runtime(dev, precision)
+    data, scale, spectra = model_input(model, spectra)
+    n, npix = len(spectra), model.cfg.npix
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    rows = batch_size or rows_per_batch(model, n_samples if posterior == "encoder" else 1)
+    parts = []
+    for i in range(0, n, rows):
+        b = data[i:i + rows].to(dev)
+        with rt.autocast():
+            res = predict_batch(model, b, posterior, n_samples, gen, combine, pixel_covariance)
+        unseen = model.unseen(b.z, len(b))
+        parts.append({k: v.float().cpu() for k, v in res.items()} | {"unseen": unseen.cpu()})
+    if not parts:
+        empty = np.zeros((0, npix), np.float32)
+        return Denoised(spectra.wave, empty, empty.copy(), empty.copy(), np.zeros((0, npix), bool),
+                        np.zeros((0, npix), bool), np.zeros((0, npix, model.cfg.latent_dim), np.float32)
+                        if pixel_covariance else None)
+
+    def cat(key):
+        return torch.cat([p[key] for p in parts]).numpy()
+
+    unseen = cat("unseen")
+    s = scale[:, None]
+    flux = np.where(unseen, 0.0, cat("flux") * s).astype(np.float32)
+    var_lat = cat("var_latent")
+    sigma = np.where(unseen, np.inf, np.sqrt(var_lat + cat("var_model")) * s).astype(np.float32)
+    sigma_lat = np.where(unseen, np.inf, np.sqrt(var_lat) * s).astype(np.float32)
+    factor = (cat("factor") * s[:, :, None]).astype(np.float32) if pixel_covariance else None
+    return Denoised(spectra.wave, flux, sigma, sigma_lat, spectra.mask.copy(), unseen, factor)
+
+
+def encode(model, spectra: Spectra, posterior: str = "laplace", batch_size: int | None = None) -> Latents:
+    """Latent posterior (mean and full K x K covariance) of every spectrum; see specae.uncertainty.
+
+    The AE gives its point estimate with zero covariance, whatever `posterior` says.
+    """
+    model.eval()
+    dev = _device(model)
+    data, _, _ = model_input(model, spectra)
+    k = model.cfg.latent_dim
+    rows = batch_size or rows_per_batch(model)
+    means, covs, kind = [], [], posterior
+    with torch.no_grad():
+        for i in range(0, len(data), rows):
+            b = data[i:i + rows].to(dev)
+            post, _ = latent_posterior(model, b.x, b.ivar, b.z, posterior)
+            means.append(post.mean.float().cpu())
+            covs.append(post.cov.cpu())
+            kind = post.kind
+    if not means:
+        return Latents(np.zeros((0, k), np.float32), np.zeros((0, k, k)), kind)
+    return Latents(torch.cat(means).numpy(), torch.cat(covs).numpy(), kind)

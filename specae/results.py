@@ -1,17 +1,93 @@
-"""Writing model results (latents) in the specae HDF5 layout."""
+"""Writing model results to HDF5, streamed block by block from the input file to the output file.
+
+`map_h5` applies a function to every row block of a specae file and writes what it returns (arrays
+with one row per spectrum) beside the input's ids and labels, so no file is ever held whole and the
+output appears only when complete (temporary name, then rename). `map_files` does that for many
+files, skipping outputs that are already complete, so a killed batch job restarts where it stopped.
+"""
 
 from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
 
-from specae.data.hdf5 import FORMAT_VERSION, atomic_path, write_ids_labels
+from specae.data.hdf5 import FORMAT_VERSION, H5Spectra, atomic_path, write_ids_labels
+from specae.data.spectra import Spectra
+from specae.errors import SpecaeError
 
 
-def write_latents(path, z_mean: np.ndarray, z_std: np.ndarray, ids: np.ndarray, labels: dict) -> None:
-    """Write z_mean, z_std (N, K), ids (N,) and labels/ to `path` atomically."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+def map_h5(src_path, out_path, fn: Callable[[Spectra], dict], block_rows: int = 4096, wave: np.ndarray | None = None,
+           attrs: dict | None = None) -> int:
+    """Write fn(rows of `src_path`) for all rows into `out_path`; returns the number of spectra.
+
+    fn returns {name: array (B, ...)}; `wave` (Angstrom) and `attrs` are written as they are, ids and
+    labels are copied from the input. Datasets of two or more dimensions are chunked by rows.
+    """
+    with H5Spectra(src_path) as src, atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
+        n = len(src)
         f.attrs["specae_format"] = FORMAT_VERSION
-        f.create_dataset("z_mean", data=z_mean.astype(np.float32))
-        f.create_dataset("z_std", data=z_std.astype(np.float32))
-        write_ids_labels(f, ids, labels)
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+        if wave is not None:
+            f.create_dataset("wave", data=np.asarray(wave, dtype=np.float64))
+        ids, labels, made = [], {}, False
+        for start in range(0, n, block_rows):
+            part = src.read(slice(start, start + block_rows))
+            out = fn(part)
+            if not made:
+                for k, v in out.items():
+                    v = np.asarray(v)
+                    f.create_dataset(k, shape=(n,) + v.shape[1:], dtype=v.dtype,
+                                     chunks=(min(max(n, 1), 256),) + v.shape[1:] if v.ndim > 1 and n else None)
+                made = True
+            for k, v in out.items():
+                f[k][start:start + len(part)] = v
+            ids.append(part.ids)
+            for k, v in part.labels.items():
+                labels.setdefault(k, []).append(v)
+        if not made:   # no rows: write what an empty call returns, so the layout is the same
+            for k, v in fn(src.read(slice(0, 0))).items():
+                f.create_dataset(k, data=np.asarray(v))
+        write_ids_labels(f, np.concatenate(ids) if ids else np.zeros(0, str),
+                         {k: np.concatenate(v) for k, v in labels.items()})
+    return n
+
+
+def output_paths(inputs: list[Path], output) -> list[Path]:
+    """Where each input's result goes: `output` itself for one input (unless it names a directory), else
+    OUTPUT/<input name> for each, refusing two inputs with the same name."""
+    output = Path(output)
+    if len(inputs) == 1 and not (str(output).endswith(("/", "\\")) or output.is_dir()):
+        return [output]
+    if not output.is_dir():
+        if output.exists():
+            raise SpecaeError(f"{output}: several inputs need an output directory, and this is a file")
+        output.mkdir(parents=True)
+    names = [p.name for p in inputs]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise SpecaeError(f"several inputs are named {sorted(dup)[0]}; their outputs would collide in {output}")
+    return [output / n for n in names]
+
+
+def map_files(inputs: list[Path], output, fn: Callable[[Spectra], dict], progress: bool = True, **kw) -> dict:
+    """`map_h5` over many files; outputs that already exist are complete (written atomically) and are
+    skipped. Returns a summary: files done and skipped, spectra, seconds, spectra per second."""
+    from tqdm.auto import tqdm
+
+    outs = output_paths(inputs, output)
+    done = skipped = n_spec = 0
+    t0 = time.monotonic()
+    for src, dst in tqdm(list(zip(inputs, outs)), disable=not progress or len(inputs) < 2, unit="file"):
+        if dst.exists() and len(inputs) > 1:
+            skipped += 1
+            continue
+        n_spec += map_h5(src, dst, fn, **kw)
+        done += 1
+    seconds = time.monotonic() - t0
+    return {"files": done, "skipped": skipped, "spectra": n_spec, "seconds": seconds,
+            "rate": n_spec / seconds if seconds > 0 else float("nan"), "outputs": outs}

@@ -1,76 +1,75 @@
-"""Training: AdamW, warm-up + cosine schedule, clipping, early stopping on validation chi2/dof."""
+"""Training the VAE/AE: data sources, the model's PCA start, its objective for the engine, calibration.
+
+`fit` is the sklearn-like entry point. It takes spectra in memory or HDF5 files to stream, builds the
+model from a bounded random sample of rows, trains it through the one engine (specae.engine: device,
+precision, DDP, schedule, early stopping, checkpoints) with the `VAEObjective` step, and calibrates the
+denoised sigma on validation spectra afterwards.
+"""
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from specae.baselines import WeightedPCA
 from specae.data.resample import loglam_grid
+from specae.data.sources import H5Blocks, H5Source, TensorSource
 from specae.data.spectra import Spectra
-from specae.denoise import denoise
+from specae.data.tensors import Batch, normalise, to_batch, window_mask
+from specae.denoise import predict_batch, rows_per_batch
+from specae.engine import EngineConfig, Objective, Runtime, StepContext, adamw
+from specae.engine import train as run_engine
 from specae.errors import SpecaeError
-from specae.models.checkpoint import load_json, load_model, load_train_state, save_model
+from specae.models.checkpoint import load_model, save_model
 from specae.models.config import ModelConfig
-from specae.models.vae import Batch, SpectrumVAE, chi2, gaussian_nll, kl_normal
+from specae.models.vae import SpectrumVAE, chi2, gaussian_nll, kl_normal
 from specae.uncertainty import latent_scale, model_scale
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 200
-    max_minutes: float | None = None   # wall-clock budget; the best model so far is kept
+class TrainConfig(EngineConfig):
+    """Engine settings (epochs, budget, device, precision, ...) plus those of the VAE objective."""
     batch_size: int = 64
     lr: float = 1e-3
-    weight_decay: float = 1e-4
-    clip: float = 5.0                  # gradient-norm clip
+    weight_decay: float = 1e-4         # on weights only (see SpectrumVAE.no_decay)
     beta: float = 1.0                  # KL weight (VAE)
     kl_warmup: int = 5                 # epochs over which beta ramps up from 0
     free_bits: float = 0.0             # minimum KL per latent dimension [nats]
-    patience: int = 15                 # epochs without val improvement before stopping
     val_fraction: float = 0.1          # used when no validation set is given
     augment: float = 0.5               # probability of hiding a random chunk from the encoder
-    seed: int = 0
-    device: str = "auto"
-    max_bad_batches: int = 10          # consecutive non-finite batches before giving up
-    progress: bool = True
+    init_rows: int = 5000              # rows sampled for the PCA start and the normalisation statistics
+    calib_rows: int = 2000             # validation rows used to calibrate sigma
+    num_workers: int = 2               # DataLoader workers when streaming from HDF5
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SpecaeError("--device cuda was requested but no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise SpecaeError(f"unknown device {name!r} (use auto, cpu or cuda)")
-    return torch.device(name)
-
-
-def build_model(train: Spectra, cfg: ModelConfig) -> SpectrumVAE:
-    """A fresh model for `train`'s grid, with data-derived normalisation (ivar scale, mean spectrum)."""
-    norm = train.normalise(cfg.norm_window)
+# -- the model's start ----------------------------------------------------------------------------------
+def build_model(sample: Spectra, cfg: ModelConfig, z_all: np.ndarray | None = None) -> SpectrumVAE:
+    """A fresh model for `sample`'s grid, started at the weighted-PCA solution of `sample` (a bounded
+    random sample of the training rows) with data-derived normalisation. In redshift mode the rest grid
+    covers the redshifts `z_all` of the whole training set (default: the sample's)."""
+    window = window_mask(sample.wave, cfg.norm_window)
+    batch, _ = to_batch(sample, window)
+    norm = Spectra(sample.wave, batch.x.numpy(), batch.ivar.numpy(), meta=dict(sample.meta))
     good = norm.ivar > 0
     if not good.any():
         raise SpecaeError("the training data hold no valid pixel")
-    cfg = replace(cfg, npix=train.npix, ivar_scale=float(np.median(np.sqrt(norm.ivar[good]))))
+    cfg = replace(cfg, npix=sample.npix, ivar_scale=float(np.median(np.sqrt(norm.ivar[good]))))
     wave_rest = None
     if cfg.redshift:
-        z = train.redshifts(cfg.redshift)
+        z = sample.redshifts(cfg.redshift) if z_all is None else np.asarray(z_all, dtype=np.float64)
         # rest grid at half the observed log step, with room for redshifts a little outside the training range
-        step = float(np.median(np.diff(np.log10(train.wave)))) / 2
+        step = float(np.median(np.diff(np.log10(sample.wave)))) / 2
         margin = 10 ** 0.01
-        wave_rest = loglam_grid(train.wave[0] / (1 + z.max()) / margin, train.wave[-1] / (1 + z.min()) * margin, step)
-        norm = norm.to_rest_frame(z, wave_rest)   # the decoder's grid: PCA and the mean live there
-        cfg = replace(cfg, rest_npix=wave_rest.size)
-    if not 1 <= cfg.latent_dim <= min(len(train), norm.npix):
-        raise SpecaeError(f"latent size {cfg.latent_dim} must be between 1 and the number of spectra ({len(train)})")
-    cfg = replace(cfg, enc_pca=min(max(cfg.enc_pca, cfg.latent_dim), len(train)))
-    model = SpectrumVAE(cfg, train.wave, wave_rest)
+        wave_rest = loglam_grid(sample.wave[0] / (1 + z.max()) / margin, sample.wave[-1] / (1 + z.min()) * margin, step)
+        norm = norm.to_rest_frame(sample.redshifts(cfg.redshift), wave_rest)   # the decoder's grid
+        cfg = replace(cfg, rest_npix=wave_rest.size, z_range=(float(z.min()), float(z.max())))
+    if not 1 <= cfg.latent_dim <= min(len(sample), norm.npix):
+        raise SpecaeError(f"latent size {cfg.latent_dim} must be between 1 and the number of spectra ({len(sample)})")
+    cfg = replace(cfg, enc_pca=min(max(cfg.enc_pca, cfg.latent_dim), len(sample)))
+    model = SpectrumVAE(cfg, sample.wave, wave_rest)
     pca = WeightedPCA(cfg.enc_pca, n_iter=10, seed=0).fit(norm)
     mean = np.where(pca.covered_, pca.mean_, _weighted_mean(norm.flux, norm.ivar))
     var = np.maximum(pca.explained_variance_, 1e-12)
@@ -78,6 +77,7 @@ def build_model(train: Spectra, cfg: ModelConfig) -> SpectrumVAE:
         model.decoder.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
         model.basis.copy_(torch.from_numpy(pca.components_.astype(np.float32)))
         model.basis_var.copy_(torch.from_numpy(var.astype(np.float32)))
+        model.seen.copy_(torch.from_numpy(pca.covered_.astype(np.float32)))
         k = cfg.latent_dim
         model.decoder.linear.copy_(torch.from_numpy((pca.components_[:k] * np.sqrt(var[:k, None])).astype(np.float32)))
     return model
@@ -92,158 +92,226 @@ def _weighted_mean(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.interp(idx, idx[ok], mean[ok]).astype(np.float32)
 
 
-def _hide_chunks(ivar: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
-    """Zero a random chunk (up to 10 % of the pixels) in a fraction `prob` of the rows."""
+# -- the objective ---------------------------------------------------------------------------------------
+def hide_chunks(ivar: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
+    """Zero a random chunk (up to 10 % of the pixels) in a fraction `prob` of the rows; random numbers
+    drawn on the device."""
     b, n = ivar.shape
-    start = torch.rand(b, 1, generator=gen) * n
-    length = torch.rand(b, 1, generator=gen) * 0.1 * n * (torch.rand(b, 1, generator=gen) < prob)
-    pix = torch.arange(n)[None]
-    hide = ((pix >= start) & (pix < start + length)).to(ivar.device)
-    return torch.where(hide, torch.zeros_like(ivar), ivar)
+    u = torch.rand(b, 3, generator=gen, device=ivar.device)
+    start, length = u[:, :1] * n, u[:, 1:2] * 0.1 * n * (u[:, 2:] < prob)
+    pix = torch.arange(n, device=ivar.device)[None]
+    return ivar.masked_fill((pix >= start) & (pix < start + length), 0.0)
 
 
-@torch.no_grad()
-def evaluate(model: SpectrumVAE, data: Batch, batch_size: int, device) -> dict:
-    """Validation chi2/dof of the posterior-mean reconstruction and the mean negative ELBO per spectrum."""
-    model.eval()
-    c2 = nv = loss = 0.0
-    for i in range(0, len(data), batch_size):
-        b = data[i:i + batch_size].to(device)
-        mu, sigma, mean, logvar = model(b, sample=False)
-        nll = gaussian_nll(b.x, b.ivar, mu, sigma)
+class VAEObjective(Objective):
+    """The VAE/AE step: heteroscedastic Gaussian likelihood (+ KL with warm-up and free bits for the VAE),
+    per pixel so the learning rate does not depend on npix; validation chi2/dof of the posterior mean."""
+
+    monitor = "chi2_dof"
+    schedule = "cosine"
+
+    def __init__(self, model: SpectrumVAE, cfg: TrainConfig):
+        self.model, self.cfg = model, cfg
+
+    def modules(self):
+        return {"model": self.model}
+
+    def optimizers(self):
+        skip = self.model.no_decay()
+        named = list(self.model.named_parameters())
+        decay = [p for n, p in named if p.ndim >= 2 and n not in skip]
+        rest = [p for n, p in named if not (p.ndim >= 2 and n not in skip)]
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+        return {"model": adamw(groups, self.cfg.lr)}
+
+    def train_step(self, batch, ctx: StepContext):
+        x, ivar, z = batch["x"], batch["ivar"], batch.get("z")
+        vae = self.model.cfg.kind == "vae"
+        eps = torch.randn(x.shape[0], self.model.cfg.latent_dim, generator=ctx.generator, device=x.device) if vae else None
+        with ctx.autocast():
+            mu, sigma, mean, logvar = ctx.trained("model")(x, ivar, z, hide_chunks(ivar, self.cfg.augment, ctx.generator), eps)
+        nll = gaussian_nll(x, ivar, mu, sigma)
+        beta = self.cfg.beta * min(1.0, (ctx.epoch + 1) / max(self.cfg.kl_warmup, 1))
+        kl = kl_normal(mean, logvar, self.cfg.free_bits) if vae else torch.zeros_like(nll)
+        loss = (nll + beta * kl).mean() / self.model.cfg.npix
+        ctx.optimizer_step("model", loss)
+        return {"loss": loss.detach() * self.model.cfg.npix}
+
+    def eval_step(self, batch, ctx):
+        x, ivar, z = batch["x"], batch["ivar"], batch.get("z")
+        mu, sigma, mean, logvar = self.model(x, ivar, z)
+        nll = gaussian_nll(x, ivar, mu, sigma)
         kl = kl_normal(mean, logvar) if logvar is not None else torch.zeros_like(nll)
-        c, n = chi2(b.x, b.ivar, mu)
-        c2, nv, loss = c2 + c.item(), nv + n.item(), loss + (nll + kl).sum().item()
-    return {"chi2_dof": c2 / max(nv, 1), "loss": loss / max(len(data), 1)}
+        c, n = chi2(x, ivar, mu)
+        return {"chi2": c, "n_valid": n.double(), "loss": (nll + kl).sum(), "count": torch.tensor(float(len(x)))}
+
+    def summarise(self, sums):
+        return {"chi2_dof": sums["chi2"] / max(sums["n_valid"], 1), "loss": sums["loss"] / max(sums["count"], 1)}
+
+    def export(self, directory, history):
+        save_model(self.model, directory, history)
 
 
-def calibrate(model: SpectrumVAE, val: Spectra, seed: int = 0) -> list[float]:
-    """Fit the model's two sigma factors on validation spectra (see specae.uncertainty); returns them."""
+# -- calibration -----------------------------------------------------------------------------------------
+@torch.no_grad()
+def _predict_all(model, data: Batch, kind: str, seed: int, n_samples: int = 16) -> dict[str, np.ndarray]:
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    rows = rows_per_batch(model, n_samples)
+    parts = [predict_batch(model, data[i:i + rows].to(dev), kind, n_samples, gen) for i in range(0, len(data), rows)]
+    return {k: torch.cat([p[k].float().cpu() for p in parts]).double().numpy() for k in ("flux", "var_latent", "var_model")}
+
+
+def calibrate(model: SpectrumVAE, val: Batch, seed: int = 0) -> list[float]:
+    """Fit the model's sigma factors on validation spectra in model space (specae.uncertainty); returns
+    [a_laplace, a_encoder, b]. The latent factors are fitted per posterior kind by re-denoising the
+    denoised validation spectra after adding fresh noise from their own ivar and masks; the decoder
+    factor on held-out pixels, given the latent part."""
     model.sigma_scale.fill_(1.0)
-    d = denoise(model, val, n_samples=16, seed=seed)
-    var_lat = d.sigma_latent.astype(np.float64) ** 2
-    b = model_scale(val.flux, val.ivar, d.flux, d.sigma.astype(np.float64) ** 2 - var_lat)
-    a = 1.0
+    rng = np.random.default_rng(seed)
+    x, ivar = val.x.double().numpy(), val.ivar.double().numpy()
+    valid = ivar > 0
+    d = _predict_all(model, val, "laplace", seed)
+    a = [1.0, 1.0]
     if model.cfg.kind == "vae":
-        rng = np.random.default_rng(seed)
-        noise = rng.standard_normal(val.flux.shape) / np.sqrt(np.where(val.ivar > 0, val.ivar, 1.0))
-        redo = Spectra(val.wave, np.where(val.mask, 0.0, d.flux + noise), val.ivar, val.mask, val.labels, val.ids,
-                       meta=val.meta)
-        d2 = denoise(model, redo, n_samples=16, seed=seed + 1)
-        a = latent_scale(d2.flux - d.flux, d2.sigma_latent.astype(np.float64) ** 2)
-    model.sigma_scale.copy_(torch.tensor([a, b]))
-    return [a, b]
+        noise = rng.standard_normal(x.shape) / np.sqrt(np.where(valid, ivar, 1.0))
+        redo = Batch(torch.from_numpy(np.where(valid, d["flux"] + noise, 0.0)).float(), val.ivar, val.z)
+        for i, kind in enumerate(("laplace", "encoder")):
+            d2 = _predict_all(model, redo, kind, seed + 1)
+            a[i] = latent_scale(d2["flux"] - d["flux"], d2["var_latent"])
+    hold = valid & (rng.uniform(size=x.shape) < 0.1)
+    dh = _predict_all(model, Batch(val.x, torch.where(torch.from_numpy(hold), 0.0, val.ivar), val.z), "laplace", seed)
+    b = model_scale(x[hold], ivar[hold], dh["flux"][hold], dh["var_model"][hold], a[0] ** 2 * dh["var_latent"][hold])
+    model.sigma_scale.copy_(torch.tensor([a[0], a[1], b]))
+    return [a[0], a[1], b]
 
 
-def fit(train: Spectra, val: Spectra | None = None, model_cfg: ModelConfig | None = None,
-        cfg: TrainConfig | None = None, out_dir=None, resume: bool = False) -> tuple[SpectrumVAE, dict]:
-    """Train a VAE/AE on `train`; returns the model with the best validation chi2/dof and its history.
+# -- data ------------------------------------------------------------------------------------------------
+def _normaliser(window: torch.Tensor | None, device):
+    """On-device transform of streamed batches: raw flux/ivar -> model-space x/ivar (specae.data.tensors)."""
+    window = None if window is None else window.to(device)
 
-    With `out_dir`, the best checkpoint is written there (atomically) whenever it improves, so an
-    interrupted or diverged run leaves the last good model behind; `resume` continues from it.
+    def transform(batch):
+        x, ivar, _ = normalise(batch["flux"], batch["ivar"], window)
+        return {"x": x, "ivar": ivar, **({"z": batch["z"]} if "z" in batch else {})}
+    return transform
+
+
+def _tensor_source(spectra: Spectra, model: SpectrumVAE, cfg: TrainConfig, shuffle: bool, rt: Runtime) -> TensorSource:
+    b, _ = to_batch(spectra, window_mask(spectra.wave, model.cfg.norm_window), model.cfg.redshift)
+    tensors = {"x": b.x, "ivar": b.ivar, **({"z": b.z} if b.z is not None else {})}
+    src = TensorSource(tensors, cfg.batch_size, shuffle=shuffle, seed=cfg.seed)
+    if rt.device.type == "cuda":
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        if size < torch.cuda.mem_get_info(rt.device)[0] // 4:   # small enough: no transfers per step
+            src = src.to(rt.device)
+    return src
+
+
+def _sample_rows(blocks: H5Blocks, chosen: list, n_rows: int, seed: int) -> Spectra:
+    """At most `n_rows` rows from random whole blocks of `chosen` (bounded memory, aligned reads)."""
+    from specae.data.hdf5 import H5Spectra
+
+    order = np.random.default_rng(seed).permutation(len(chosen))
+    parts, total = [], 0
+    for i in order:
+        f, a, b = chosen[i]
+        with H5Spectra(blocks.paths[f]) as h5:
+            parts.append(h5.read(slice(a, b)))
+        total += b - a
+        if total >= n_rows:
+            break
+    s = Spectra.concatenate(parts)
+    return s.select(np.sort(np.random.default_rng(seed).permutation(len(s))[:n_rows])) if len(s) > n_rows else s
+
+
+def _all_redshifts(blocks: H5Blocks, label: str) -> np.ndarray:
+    """The redshift label of every row of the files (one small column each)."""
+    from specae.data.hdf5 import H5Spectra
+
+    zs = []
+    for p in blocks.paths:
+        with H5Spectra(p) as h5:
+            if label not in h5.label_names:
+                raise SpecaeError(f"{p}: redshift label {label!r} is not in the file (labels: {h5.label_names or 'none'})")
+            zs.append(np.asarray(h5.read_label(label), dtype=np.float64))
+    z = np.concatenate(zs)
+    if not np.all(np.isfinite(z)) or np.any(z <= -1):
+        raise SpecaeError(f"label {label!r} has non-finite or <= -1 redshifts")
+    return z
+
+
+def fit(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None, out_dir=None,
+        resume: bool = False, callbacks: tuple = ()) -> tuple[SpectrumVAE, dict]:
+    """Train a VAE/AE; returns the model with the best validation chi2/dof and its history.
+
+    train, val: `Spectra` in memory, or HDF5 paths / glob patterns / lists of them, streamed by row
+    blocks (never read whole). Without `val`, a random `val_fraction` of the spectra (of the row blocks,
+    for files) is held out. With `out_dir`, the best model is written there whenever it improves, and
+    the last state every epoch, so an interrupted run resumes (`resume=True`) where it stopped.
+    Under torchrun with `cfg.distributed`, every rank trains its share of each batch (DDP).
     """
     cfg = cfg or TrainConfig()
-    model_cfg = model_cfg or ModelConfig(npix=train.npix)
-    device = pick_device(cfg.device)
+    rt = Runtime.create(cfg.device, cfg.precision, cfg.distributed)
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train = train.drop_empty()
-    if val is None:
-        train, val = train.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed)
-    val = val.drop_empty()
-    if len(train) < 2 or len(val) < 1:
-        raise SpecaeError(f"too few spectra with valid pixels to train ({len(train)} train, {len(val)} validation)")
-
-    state = load_train_state(out_dir) if (resume and out_dir) else None
-    if resume and state is None:
-        raise SpecaeError(f"--resume: no earlier run to continue in {out_dir}")
-    model = load_model(out_dir) if state else build_model(train, model_cfg)
-    model.to(device)
-    tr, _ = model.prepare(train)
-    va, _ = model.prepare(val)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(tr) / cfg.batch_size)
-    total, warm = cfg.epochs * steps_per_epoch, min(200, steps_per_epoch * 2)
-    t0 = time.monotonic()
-
-    def progress(step: int) -> float:
-        # cosine decay to the end of the epochs or of the time budget, whichever comes first
-        done = step / total
-        if cfg.max_minutes:
-            done = max(done, (time.monotonic() - t0) / (60 * cfg.max_minutes))
-        return min(done, 1.0)
-
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress(s)))))
-    history = {"epoch": [], "train_loss": [], "val_chi2_dof": [], "val_loss": [], "lr": [],
-               "best_epoch": -1, "best_val_chi2_dof": math.inf, "skipped_batches": 0,
-               "train_config": asdict(cfg), "n_train": len(tr), "n_val": len(va)}
-    if state:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history = {**history, **(load_json(f"{out_dir}/history.json") or {}), "train_config": asdict(cfg)}
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    start_epoch = history["epoch"][-1] + 1 if history["epoch"] else 0
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    bad_run, since_best = 0, 0
-    saved = bool(state)   # a checkpoint exists in out_dir
-    stop = "epochs"
-    bar = tqdm(range(start_epoch, cfg.epochs), disable=not cfg.progress, desc="training", unit="epoch")
-    for epoch in bar:
-        model.train()
-        order = torch.randperm(len(tr), generator=gen)
-        beta = cfg.beta * min(1.0, (epoch + 1) / max(cfg.kl_warmup, 1))
-        losses = []
-        for i in range(0, len(tr), cfg.batch_size):
-            b = tr[order[i:i + cfg.batch_size]].to(device)
-            with autocast:
-                mean, logvar = model.encode(Batch(b.x, _hide_chunks(b.ivar, cfg.augment, gen), b.z))
-                latent = mean if logvar is None else mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-                mu, sigma = model.decode(latent, b.z)
-            nll = gaussian_nll(b.x, b.ivar, mu, sigma)
-            kl = kl_normal(mean, logvar, cfg.free_bits) if logvar is not None else torch.zeros_like(nll)
-            loss = (nll + beta * kl).mean() / model.cfg.npix   # per pixel, so the lr does not depend on npix
-            if not torch.isfinite(loss):
-                history["skipped_batches"] += 1
-                bad_run += 1
-                if bad_run >= cfg.max_bad_batches:
-                    model.load_state_dict(best_state)
-                    raise SpecaeError(f"training diverged: {bad_run} batches in a row had a non-finite loss"
-                                      + (f"; the best checkpoint so far is kept in {out_dir}" if out_dir and saved else ""))
-                opt.zero_grad(set_to_none=True)
-                continue
-            bad_run = 0
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            sched.step()
-            losses.append(loss.item() * model.cfg.npix)
-        ev = evaluate(model, va, 4 * cfg.batch_size, device)
-        for k, v in (("epoch", epoch), ("train_loss", float(np.mean(losses)) if losses else math.nan),
-                     ("val_chi2_dof", ev["chi2_dof"]), ("val_loss", ev["loss"]), ("lr", sched.get_last_lr()[0])):
-            history[k].append(v)
-        bar.set_postfix(loss=f"{history['train_loss'][-1]:.4g}", val_chi2_dof=f"{ev['chi2_dof']:.4f}")
-        if ev["chi2_dof"] < history["best_val_chi2_dof"]:
-            history["best_val_chi2_dof"], history["best_epoch"], since_best = ev["chi2_dof"], epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if out_dir:
-                save_model(model, out_dir, history, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
-                saved = True
+    if isinstance(train, Spectra):
+        train = train.drop_empty()
+        if val is None:
+            train, val = train.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed)
+        val = val.drop_empty()
+        if len(train) < 2 or len(val) < 1:
+            raise SpecaeError(f"too few spectra with valid pixels to train ({len(train)} train, {len(val)} validation)")
+        pick = np.random.default_rng(cfg.seed).permutation(len(train))[:cfg.init_rows]
+        sample, z_all = train.select(np.sort(pick)), None
+        if model_cfg and model_cfg.redshift:
+            z_all = train.redshifts(model_cfg.redshift)
+        model = _start(sample, model_cfg, z_all, out_dir, resume)
+        train_src = _tensor_source(train, model, cfg, True, rt)
+        val_src = _tensor_source(val, model, cfg, False, rt)
+        val_cal = val.select(slice(0, cfg.calib_rows))
+        n_train, n_val = len(train), len(val)
+    else:
+        blocks = H5Blocks(train)
+        if val is None:
+            train_blocks, val_blocks = blocks.split(cfg.val_fraction, cfg.seed)
+            val_files = blocks
         else:
-            since_best += 1
-        if since_best >= cfg.patience:
-            stop = "early stopping"
-            break
-        if cfg.max_minutes is not None and time.monotonic() - t0 > 60 * cfg.max_minutes:
-            stop = "time budget"
-            break
-    bar.close()
-    history["stopped"] = stop
-    history["minutes"] = (time.monotonic() - t0) / 60
-    model.load_state_dict(best_state)
-    model.eval()
-    history["sigma_scale"] = calibrate(model, val, cfg.seed)
-    if out_dir:
-        save_model(model, out_dir, history)
+            train_blocks, val_files = blocks.blocks, H5Blocks(val)
+            val_blocks = val_files.blocks
+        if not train_blocks or not val_blocks:
+            raise SpecaeError(f"too few rows to hold out validation spectra ({blocks.n_rows} rows); give --val")
+        sample = _sample_rows(blocks, train_blocks, cfg.init_rows, cfg.seed).drop_empty()
+        if len(sample) < 2:
+            raise SpecaeError("too few spectra with valid pixels to train")
+        z_all = _all_redshifts(blocks, model_cfg.redshift) if model_cfg and model_cfg.redshift else None
+        model = _start(sample, model_cfg, z_all, out_dir, resume)
+        window = window_mask(model.wave, model.cfg.norm_window)
+        common = dict(redshift=model.cfg.redshift, seed=cfg.seed, num_workers=cfg.num_workers,
+                      transform=_normaliser(window, rt.device), pin_memory=rt.device.type == "cuda")
+        train_src = H5Source(blocks, train_blocks, cfg.batch_size, shuffle=True, **common)
+        val_src = H5Source(val_files, val_blocks, 4 * cfg.batch_size, shuffle=False, **common)
+        val_cal = _sample_rows(val_files, val_blocks, cfg.calib_rows, cfg.seed + 1).drop_empty()
+        n_train, n_val = len(train_src), len(val_src)
+    extra = {"train_config": asdict(cfg), "n_train": n_train, "n_val": n_val}
+    history = run_engine(VAEObjective(model, cfg), train_src, val_src, cfg, out_dir, resume, callbacks, rt, extra)
+    if rt.is_main:
+        val_batch, _ = to_batch(val_cal, window_mask(model.wave, model.cfg.norm_window), model.cfg.redshift)
+        history["sigma_scale"] = calibrate(model, val_batch, cfg.seed)
+        if out_dir:
+            save_model(model, out_dir, history)
+    if rt.distributed:   # rank 0 calibrated; every rank returns the same model
+        rt.broadcast(model.sigma_scale)
+        history["sigma_scale"] = model.sigma_scale.tolist()
     return model, history
+
+
+def _start(sample: Spectra, model_cfg: ModelConfig | None, z_all, out_dir, resume: bool) -> SpectrumVAE:
+    """The model to train: the saved one when resuming (its architecture; the engine loads the last
+    state), else a fresh one started at the sample's weighted PCA."""
+    if resume:
+        if out_dir is None:
+            raise SpecaeError("--resume needs the model directory of the earlier run")
+        if not (Path(out_dir) / "train_state.pt").is_file():
+            raise SpecaeError(f"--resume: no earlier run to continue in {out_dir}")
+        return load_model(out_dir)
+    return build_model(sample, model_cfg or ModelConfig(npix=sample.npix), z_all)

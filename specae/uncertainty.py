@@ -1,30 +1,173 @@
-"""Posterior approximation and sigma calibration for denoised spectra (no truth needed).
+"""The latent posterior, its propagation to the pixels, and the calibration of the denoised sigma.
 
-The denoised variance has two parts: var_latent = Var_z[mu(z)] (the latent posterior pushed through
-the decoder) and var_model = E_z[sigma_model^2] (the decoder's own scatter). Each gets one factor,
-fitted after training on the validation spectra:
-- b, the decoder part, by maximum likelihood of the validation residuals x - m, whose variance is
-  1/ivar + b^2 var_model: the latent part is absent there, because m was fitted to the same x;
-- a, the latent part, by a parametric bootstrap: the denoised validation spectra, given fresh noise
-  from their own ivar and masks, are denoised again, and a^2 is the mean of err^2 / var_latent with
-  the truth known. Every spectrum counts equally, so noisy spectra are calibrated too.
+One posterior API serves denoising, encoding, label regression and plots: `posterior(model, batch)`
+returns a `LatentPosterior` (mean and full K x K covariance per spectrum) of one of three kinds:
+- "laplace" (the default): from the encoder's guess, Gauss-Newton steps on the exact log posterior
+  (the ivar likelihood with the decoder's scatter, and the N(0, I) prior), then the Laplace
+  approximation (J^T W J + I)^-1 at the optimum, with J the decoder's exact Jacobian;
+- "decoder": the same optimisation run to convergence with damping, for spectra the encoder has never
+  seen (another survey, an odd mask); it needs no more than the decoder;
+- "encoder": the amortised q(z|x) (diagonal), as trained.
+The K x K algebra is done in float64 with a symmetric (Cholesky) solve; jitter is added only to the
+matrices that fail to factorise.
+
+The denoised variance has two parts, each with a factor calibrated after training on validation
+spectra without truth (`calibrate` in specae.train): var_latent, the latent posterior pushed through
+the decoder, and var_model = sigma_model^2, the decoder's own scatter.
+- a (latent part, one per posterior kind), by a parametric bootstrap: the denoised validation spectra,
+  given fresh noise from their own ivar and masks, are denoised again, and a is fixed by the median of
+  |err| / sigma_latent with the truth known. Every spectrum counts equally.
+- b (decoder part), by maximum likelihood on held-out pixels: a random tenth of the valid validation
+  pixels is hidden, predicted from the rest, and compared with its measurement, whose variance is
+  1/ivar + a^2 var_latent + b^2 var_model. Their noise is independent of the prediction, so what the
+  model misses of real spectra (and the bootstrap cannot see) ends up in b.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
+from scipy.stats import t as student_t
+
+from specae.errors import SpecaeError
 
 FACTOR_RANGE = (0.25, 4.0)   # beyond this the validation data cannot be trusted to rescale sigma
+KINDS = ("laplace", "decoder", "encoder")
+SCALE_INDEX = {"laplace": 0, "decoder": 0, "encoder": 1, "model": 2}   # entries of model.sigma_scale
 
 
-def model_scale(x: np.ndarray, ivar: np.ndarray, mean: np.ndarray, var_model: np.ndarray) -> float:
-    """ML factor b with (x - mean)^2 ~ N(0, 1/ivar + b^2 var_model) over valid pixels; arrays (N, npix)."""
+@dataclass
+class LatentPosterior:
+    """Gaussian posterior over the latents of B spectra."""
+    mean: torch.Tensor        # (B, K) posterior mean (the mode, for laplace/decoder)
+    cov: torch.Tensor         # (B, K, K) float64 covariance (zeros for the AE's point estimate)
+    kind: str
+
+    @property
+    def std(self) -> torch.Tensor:
+        """(B, K) marginal standard deviations."""
+        return torch.diagonal(self.cov, dim1=1, dim2=2).clamp_min(0).sqrt()
+
+
+def _pixel_weights(ivar: torch.Tensor, sigma_model: torch.Tensor) -> torch.Tensor:
+    """1 / (1/ivar + sigma_model^2) on valid pixels, 0 on masked ones: each pixel's weight in the fit."""
+    valid = ivar > 0
+    return torch.where(valid, 1 / (1 / ivar.clamp_min(1e-30) + sigma_model.float() ** 2), torch.zeros_like(ivar))
+
+
+def _neg_log_post(x, w, mu, latent) -> torch.Tensor:
+    """(B,) 0.5 sum w (x - mu)^2 + 0.5 |z|^2, the objective the posterior mode minimises."""
+    return 0.5 * (w * (x - mu.float()) ** 2).sum(1) + 0.5 * (latent.float() ** 2).sum(1)
+
+
+def spd_cholesky(a: torch.Tensor) -> torch.Tensor:
+    """Lower Cholesky factor of symmetric positive (semi)definite (B, K, K) matrices, in float64.
+
+    Matrices that do not factorise get a jitter (relative to their trace, growing tenfold until they do);
+    the others are left exactly as they are.
+    """
+    a = 0.5 * (a + a.transpose(-1, -2)).double()
+    chol, info = torch.linalg.cholesky_ex(a)
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    scale = torch.diagonal(a, dim1=-2, dim2=-1).abs().mean(-1).clamp_min(1e-300)
+    jitter = 1e-12
+    while bool((info > 0).any()) and jitter < 1:
+        bad = info > 0
+        fixed, info_fix = torch.linalg.cholesky_ex(a[bad] + (jitter * scale[bad])[:, None, None] * eye)
+        chol[bad], info[bad] = fixed, info_fix
+        jitter *= 10
+    return chol
+
+
+def laplace(model, x, ivar, z=None, start=None, n_steps: int = 3, damping: float = 0.0, tol: float = 0.0):
+    """Posterior mode by (damped) Gauss-Newton from `start` (default the encoder mean), and its Laplace
+    covariance. x, ivar (B, npix) model space; z (B,) redshifts in redshift mode.
+
+    A step is kept only for spectra whose objective drops; with `damping` > 0 (Levenberg-Marquardt) a
+    rejected spectrum's damping grows tenfold and an accepted one's shrinks, and iteration stops early
+    once no objective changes by more than `tol` (relative). Returns the posterior and, at its mean,
+    mu, sigma_model (B, npix) and the Jacobian d mu / dz (K, B, npix), for propagation to the pixels.
+    """
+    if start is None:
+        start, _ = model.encode(x, ivar, z)
+    lat = start.float().detach().clone()
+    k = lat.shape[1]
+    eye = torch.eye(k, dtype=torch.float64, device=lat.device)
+    lam = torch.full((lat.shape[0],), float(damping), dtype=torch.float64, device=lat.device)
+    converged = False
+    for step in range(n_steps + 1):
+        mu, sig, jac = model.decoder.forward_and_jacobian(lat, z)
+        w = _pixel_weights(ivar, sig)
+        jd, wd = jac.double(), w.double()
+        hess = torch.einsum("kbn,bn,lbn->bkl", jd, wd, jd) + eye                              # (B, K, K)
+        if step == n_steps or converged:
+            break
+        grad = torch.einsum("kbn,bn->bk", jd, wd * (x.double() - mu.double())) - lat.double()
+        chol = spd_cholesky(hess + lam[:, None, None] * torch.diag_embed(torch.diagonal(hess, dim1=1, dim2=2)))
+        trial = lat + torch.cholesky_solve(grad[..., None], chol)[..., 0].float()
+        mu_t, _ = model.decode(trial, z)
+        before, after = _neg_log_post(x, w, mu, lat), _neg_log_post(x, w, mu_t, trial)
+        better = after < before
+        lat = torch.where(better[:, None], trial, lat)
+        if damping > 0:
+            lam = torch.where(better, lam / 10, lam * 10)
+            converged = tol > 0 and not bool(((before - after).abs() > tol * before.abs()).any())
+    cov = torch.cholesky_inverse(spd_cholesky(hess))
+    return LatentPosterior(lat, cov, "laplace"), (mu, sig, jac)
+
+
+@torch.no_grad()
+def posterior(model, x, ivar, z=None, kind: str = "laplace"):
+    """The latent posterior of kind "laplace", "decoder" or "encoder" (module docstring) for B spectra.
+
+    Returns the LatentPosterior and, for laplace/decoder, (mu, sigma_model, jacobian) at its mean, else None.
+    """
+    if kind not in KINDS:
+        raise SpecaeError(f"unknown posterior {kind!r} (use {', '.join(KINDS)})")
+    mean, logvar = model.encode(x, ivar, z)
+    if logvar is None:   # the AE: a point estimate
+        b, k = mean.shape
+        return LatentPosterior(mean.float(), torch.zeros(b, k, k, dtype=torch.float64, device=mean.device), "point"), None
+    if kind == "encoder":
+        return LatentPosterior(mean.float(), torch.diag_embed(logvar.double().exp()), "encoder"), None
+    if kind == "decoder":
+        post, at = laplace(model, x, ivar, z, mean, n_steps=30, damping=1e-3, tol=1e-6)
+        return LatentPosterior(post.mean, post.cov, "decoder"), at
+    return laplace(model, x, ivar, z, mean)
+
+
+def latent_variance(jac: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """(B, npix) diag(J cov J^T): the latent posterior's variance at each pixel (linearised decoder).
+    jac (K, B, npix), cov (B, K, K)."""
+    return torch.einsum("kbn,bkl,lbn->bn", jac.double(), cov, jac.double()).clamp_min(0).float()
+
+
+def pixel_cov_factor(jac: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """(B, npix, K) factor L with L L^T the latent part of the pixel covariance (low rank, K)."""
+    return torch.einsum("kbn,blk->bnl", jac.double(), spd_cholesky(cov)).float()
+
+
+def student_factor(n_draws: int) -> float:
+    """Variance factor for a predictive variance estimated from `n_draws` draws: (1 + 1/S) for the Monte
+    Carlo error of their mean, times the squared Student-t / normal ratio of the 1-sigma quantile for
+    S - 1 degrees of freedom, so a +-1 sigma band still holds 68 % with few draws."""
+    q = 0.5 + 0.5 * 0.682689492          # the normal's 1-sigma quantile is 1 by definition
+    return (1 + 1 / n_draws) * student_t.ppf(q, n_draws - 1) ** 2
+
+
+def model_scale(x: np.ndarray, ivar: np.ndarray, mean: np.ndarray, var_model: np.ndarray,
+                var_other: np.ndarray | float = 0.0) -> float:
+    """ML factor b with (x - mean)^2 ~ N(0, 1/ivar + var_other + b^2 var_model) over valid pixels; arrays
+    (N, npix) or flat arrays of selected pixels."""
     valid = (ivar > 0) & np.isfinite(var_model)
     if not valid.any():
         return 1.0
-    r2, vn, vm = (x - mean)[valid] ** 2, 1 / ivar[valid], var_model[valid]
+    other = np.broadcast_to(var_other, np.shape(x))[valid]
+    r2, vm = (x - mean)[valid].astype(np.float64) ** 2, var_model[valid]
+    vn = 1 / ivar[valid].astype(np.float64) + other
 
     def nll(logb2):
         v = vn + np.exp(logb2) * vm
@@ -44,43 +187,3 @@ def latent_scale(err: np.ndarray, var_latent: np.ndarray) -> float:
     if not ok.any():
         return 1.0
     return float(np.clip(np.median(np.abs(err[ok]) / np.sqrt(var_latent[ok])) / 0.6745, *FACTOR_RANGE))
-
-
-@torch.no_grad()
-def laplace_posterior(model, b, z0: torch.Tensor, n_steps: int = 3, eps: float = 1e-2):
-    """Refine latents by Gauss-Newton on the exact log posterior and return its Laplace approximation.
-
-    Minimises 0.5 sum_valid (x - mu(z))^2 / (1/ivar + sigma_model^2) + 0.5 |z|^2 from the encoder's
-    mean z0 (B, K), with the decoder Jacobian from central differences (2K + 1 batched decodes per
-    step); a step is kept only for spectra whose objective drops. Returns z (B, K) and the posterior
-    covariance (J^T S^-1 J + I)^-1 (B, K, K), which scales with each spectrum's own S/N and mask, where
-    an amortised q(z|x) tends to be too narrow for noisy spectra.
-    """
-    k = z0.shape[1]
-    valid = b.ivar > 0
-    offsets = eps * torch.eye(k, device=z0.device, dtype=z0.dtype)
-    reps = 2 * k + 1
-    red = None if b.z is None else b.z.repeat(reps)
-
-    def weights(sig):
-        return torch.where(valid, 1 / (1 / b.ivar.clamp_min(1e-30) + sig ** 2), torch.zeros_like(sig))
-
-    def objective(mu, w, z):
-        return 0.5 * (w * (b.x - mu) ** 2).sum(1) + 0.5 * (z ** 2).sum(1)
-
-    z = z0.float().clone()
-    for step in range(n_steps + 1):
-        zs = torch.cat([z[None], z[None] + offsets[:, None], z[None] - offsets[:, None]])  # (2K+1, B, K)
-        mu, sig = model.decode(zs.reshape(-1, k), red)
-        mu, sig = mu.float().view(reps, len(b), -1), sig.float().view(reps, len(b), -1)
-        jac = (mu[1:k + 1] - mu[k + 1:]) / (2 * eps)                                   # (K, B, npix)
-        w = weights(sig[0])
-        hess = torch.einsum("kbn,bn,lbn->bkl", jac, w, jac) + torch.eye(k, device=z.device)
-        if step == n_steps:
-            break
-        grad = torch.einsum("kbn,bn->bk", jac, w * (b.x - mu[0])) - z
-        trial = z + torch.linalg.solve(hess, grad)
-        mu_t, _ = model.decode(trial, b.z)
-        better = objective(mu_t.float(), w, trial) < objective(mu[0], w, z)
-        z = torch.where(better[:, None], trial, z)
-    return z, torch.linalg.inv(hess)

@@ -89,3 +89,16 @@ def test_mismatched_shapes_file_is_exit_2(tmp_path, capsys):
         assert code == 2 and "inconsistent shapes" in err and err.count("\n") == 1
     assert bad.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.h5"]
+
+
+def test_convert_exposures_writes_one_spectrum_per_exposure(tmp_path, capsys):
+    from tests.test_readers import full_sdss_file
+
+    path = tmp_path / "spec-0266-51602-0107.fits"
+    full_sdss_file(path)
+    code, stdout, _ = run(capsys, "convert", path, "-o", tmp_path / "exp.h5", "--exposures")
+    assert code == 0 and "wrote 4 spectra" in stdout
+    s = read_h5(tmp_path / "exp.h5")
+    assert s.labels["CAMERA"].tolist() == ["b1", "r1", "b1", "r1"] and s.ids[0].startswith("0266-51602-0107:B1-")
+    code, _, err = run(capsys, "convert", path, "-o", tmp_path / "coadd.h5")
+    assert code == 0 and len(read_h5(tmp_path / "coadd.h5")) == 1

@@ -12,14 +12,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import specae.engine.loop
 import specae.train
 from specae.data.resample import loglam_grid
 from specae.data.spectra import Spectra
 from specae.data.synthetic import add_noise, galaxy_spectra, stellar_spectra
-from specae.denoise import denoise, encode
+from specae.data.tensors import Batch
+from specae.denoise import denoise, encode, model_input
 from specae.errors import SpecaeError
 from specae.models import ModelConfig, SpectrumVAE, load_model, save_model
-from specae.models.vae import Batch, chi2, gaussian_nll, kl_normal
+from specae.models.vae import chi2, gaussian_nll, kl_normal
 from specae.train import TrainConfig, build_model, fit
 
 WAVE = loglam_grid(4000, 6000, 1e-3)   # 177 pixels
@@ -92,8 +94,8 @@ def test_small_odd_grids_and_sigma_floor(npix, decoder, floor):
         assert mu.shape == sigma.shape == (5, npix)
         assert (sigma >= floor).all() and torch.isfinite(sigma).all()
         rng = np.random.default_rng(npix)
-        b, _ = model.prepare(Spectra(wave, rng.normal(1, 0.1, (4, npix)), np.full((4, npix), 100.0)))
-        mean, logvar = model.encode(b)
+        b, _, _ = model_input(model, Spectra(wave, rng.normal(1, 0.1, (4, npix)), np.full((4, npix), 100.0)))
+        mean, logvar = model.encode(b.x, b.ivar)
     assert mean.shape == logvar.shape == (4, 2)
 
 
@@ -112,13 +114,14 @@ def test_encoder_and_decoder_usable_alone():
 
     rng = np.random.default_rng(0)
     s = Spectra(wave, rng.normal(1, 0.1, (7, npix)), rng.uniform(50, 100, (7, npix)))
-    b, norm = model.prepare(s)
+    b, scale, _ = model_input(model, s)
     assert isinstance(b, Batch) and b.x.shape == (7, npix) and b.z is None
-    np.testing.assert_allclose(np.median(norm.flux, axis=1), 1, rtol=1e-6)
+    np.testing.assert_allclose(np.median(b.x.numpy(), axis=1), 1, rtol=1e-6)
+    np.testing.assert_allclose(scale, np.median(s.flux, axis=1), rtol=1e-6)
     with torch.no_grad():
         resid = b.x - model.decoder.mean
-        mean, logvar = model.encoder(resid, b.ivar, model.project(b, resid))   # the encoder module alone
-        mean2, logvar2 = model.encode(b)
+        mean, logvar = model.encoder(resid, b.ivar, model.project(resid, b.ivar))   # the encoder module alone
+        mean2, logvar2 = model.encode(b.x, b.ivar)
     assert mean.shape == logvar.shape == (7, k)
     torch.testing.assert_close(mean, mean2)
     torch.testing.assert_close(logvar, logvar2)
@@ -265,8 +268,9 @@ def test_load_model_round_trip_gives_identical_denoising(trained, stars):
     a, b = denoise(model, stars[:6], n_samples=8), denoise(loaded, stars[:6], n_samples=8)
     np.testing.assert_array_equal(a.flux, b.flux)
     np.testing.assert_array_equal(a.sigma, b.sigma)
-    for x, y in zip(encode(model, stars[:6]), encode(loaded, stars[:6])):
-        np.testing.assert_array_equal(x, y)
+    la, lb = encode(model, stars[:6]), encode(loaded, stars[:6])
+    np.testing.assert_array_equal(la.mean, lb.mean)
+    np.testing.assert_array_equal(la.cov, lb.cov)
     # and once more through save_model into a fresh directory
     save_model(loaded, out.parent / "copy")
     c = denoise(load_model(out.parent / "copy"), stars[:6], n_samples=8)
@@ -298,7 +302,7 @@ def test_time_budget_stops_after_one_epoch(stars, tmp_path):
 
 def test_early_stopping_with_patience(stars, monkeypatch):
     # validation never improves after the first epoch -> stop `patience` epochs later, keep epoch 0
-    monkeypatch.setattr(specae.train, "evaluate", lambda *a, **k: {"chi2_dof": 1.0, "loss": 0.0})
+    monkeypatch.setattr(specae.engine.loop, "evaluate", lambda *a, **k: {"chi2_dof": 1.0, "loss": 0.0})
     _, history = fit(stars, model_cfg=small_cfg(), cfg=tcfg(epochs=30, patience=2))
     assert history["epoch"] == [0, 1, 2]
     assert history["stopped"] == "early stopping" and history["best_epoch"] == 0
@@ -307,14 +311,14 @@ def test_early_stopping_with_patience(stars, monkeypatch):
 def test_early_stopping_restores_the_best_weights(stars, monkeypatch):
     scores = iter([0.5, 2.0, 3.0, 4.0, 5.0])
     snapshots = []
-    real = specae.train.evaluate
+    real = specae.engine.loop.evaluate
 
-    def fake(model, *a, **k):
-        snapshots.append({k2: v.clone() for k2, v in model.state_dict().items()})
-        real(model, *a, **k)
+    def fake(objective, *a, **k):
+        snapshots.append({k2: v.clone() for k2, v in objective.model.state_dict().items()})
+        real(objective, *a, **k)
         return {"chi2_dof": next(scores), "loss": 0.0}
 
-    monkeypatch.setattr(specae.train, "evaluate", fake)
+    monkeypatch.setattr(specae.engine.loop, "evaluate", fake)
     model, history = fit(stars, model_cfg=small_cfg(), cfg=tcfg(epochs=30, patience=3))
     assert history["epoch"] == [0, 1, 2, 3] and history["best_epoch"] == 0
     for k, v in model.state_dict().items():
@@ -329,19 +333,21 @@ def nan_nll(x, ivar, mu, sigma):
 def test_nonfinite_loss_raises_diverged(stars, monkeypatch):
     monkeypatch.setattr(specae.train, "gaussian_nll", nan_nll)
     with pytest.raises(SpecaeError, match="diverged"):
-        fit(stars, model_cfg=small_cfg(), cfg=tcfg(epochs=20, max_bad_batches=4))
+        fit(stars, model_cfg=small_cfg(), cfg=tcfg(epochs=20, max_bad_steps=4))
 
 
 def test_divergence_keeps_the_earlier_good_checkpoint(stars, tmp_path, monkeypatch):
     out = tmp_path / "model"
     fit(stars, model_cfg=small_cfg(), cfg=tcfg(epochs=1), out_dir=out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    model_files = ("config.json", "weights.pt")
+    before = {name: (out / name).read_bytes() for name in model_files}
     good = denoise(load_model(out), stars[:4], n_samples=4)
     monkeypatch.setattr(specae.train, "gaussian_nll", nan_nll)
     with pytest.raises(SpecaeError, match="diverged") as err:
-        fit(stars, model_cfg=small_cfg(), cfg=tcfg(epochs=20, max_bad_batches=4), out_dir=out, resume=True)
+        fit(stars, model_cfg=small_cfg(), cfg=tcfg(epochs=20, max_bad_steps=4), out_dir=out, resume=True)
     assert str(out) in str(err.value)
-    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == before
+    assert {name: (out / name).read_bytes() for name in model_files} == before
+    assert not list(out.glob(".*.tmp"))
     again = denoise(load_model(out), stars[:4], n_samples=4)
     np.testing.assert_array_equal(again.flux, good.flux)
     assert np.isfinite(again.flux).all() and np.isfinite(again.sigma).all()
@@ -352,9 +358,9 @@ def test_divergence_message_does_not_promise_a_missing_checkpoint(stars, tmp_pat
     monkeypatch.setattr(specae.train, "gaussian_nll", nan_nll)
     out = tmp_path / "model"
     with pytest.raises(SpecaeError, match="diverged") as err:
-        fit(stars, model_cfg=small_cfg(), cfg=tcfg(epochs=20, max_bad_batches=2), out_dir=out)
-    if "checkpoint" in str(err.value):
-        load_model(out)   # the message says a checkpoint is kept: it must exist
+        fit(stars, model_cfg=small_cfg(), cfg=tcfg(epochs=20, max_bad_steps=2), out_dir=out)
+    assert "checkpoint" not in str(err.value)
+    assert not (out / "weights.pt").exists()
 
 
 def test_build_model_rejects_bad_latent_size_and_empty_data(stars):
@@ -368,17 +374,11 @@ def test_build_model_rejects_bad_latent_size_and_empty_data(stars):
         fit(empty, model_cfg=small_cfg(), cfg=tcfg())
 
 
-def test_latent_dim_above_enc_pca_is_handled():
+def test_latent_dim_above_enc_pca_is_a_user_error():
     # ModelConfig documents enc_pca >= latent_dim and build_model enforces it; a model built directly
-    # (or a hand-edited config.json) must either work or raise SpecaeError, not IndexError
-    wave = log_grid(50)
-    try:
-        model = SpectrumVAE(small_cfg(50, latent_dim=6, enc_pca=4), wave)
-    except SpecaeError:
-        return
-    b, _ = model.prepare(Spectra(wave, np.ones((2, 50)), np.ones((2, 50))))
-    mean, logvar = model.encode(b)
-    assert mean.shape == logvar.shape == (2, 6)
+    # (or a hand-edited config.json) raises SpecaeError, not IndexError
+    with pytest.raises(SpecaeError, match="enc_pca"):
+        SpectrumVAE(small_cfg(50, latent_dim=6, enc_pca=4), log_grid(50))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -388,17 +388,17 @@ def test_latent_dim_above_enc_pca_is_handled():
 def test_ae_has_point_posterior_and_decoder_sigma(stars):
     model = build_model(stars, small_cfg(kind="ae")).eval()
     s = stars[:5]
-    z_mean, z_std = encode(model, s)
-    assert z_mean.shape == z_std.shape == (5, 3) and np.all(z_std == 0)
+    lat = encode(model, s)
+    assert lat.mean.shape == lat.std.shape == (5, 3) and np.all(lat.std == 0) and lat.kind == "point"
     d = denoise(model, s, n_samples=16)
     assert np.all(d.sigma_latent == 0)
-    b, norm = model.prepare(s)
+    b, scale, _ = model_input(model, s)
     with torch.no_grad():
-        mean, logvar = model.encode(b)
+        mean, logvar = model.encode(b.x, b.ivar)
         mu, sig = model.decode(mean)
     assert logvar is None
-    np.testing.assert_allclose(d.sigma, sig.numpy() * norm.scale[:, None], rtol=1e-5)
-    np.testing.assert_allclose(d.flux, mu.numpy() * norm.scale[:, None], rtol=1e-5)
+    np.testing.assert_allclose(d.sigma, sig.numpy() * scale[:, None], rtol=1e-5)
+    np.testing.assert_allclose(d.flux, mu.numpy() * scale[:, None], rtol=1e-5)
 
 
 def test_ae_trains(stars):
@@ -424,10 +424,11 @@ def test_denoise_is_finite_everywhere_including_masked_and_empty_spectra(trained
     for a in (d.flux, d.sigma, d.sigma_latent):
         assert np.isfinite(a).all()
     assert (d.sigma > 0).all() and (d.sigma >= d.sigma_latent).all()
-    z_mean, z_std = encode(model, s)
-    assert np.isfinite(z_mean).all() and np.isfinite(z_std).all() and (z_std > 0).all()
-    # with no data, the posterior should fall back towards the prior: wider than for a good spectrum
-    assert z_std[1].mean() > z_std[0].mean()
+    lat = encode(model, s)
+    assert np.isfinite(lat.mean).all() and np.isfinite(lat.std).all() and (lat.std > 0).all()
+    # with no data, the posterior falls back to the prior N(0, I): wider than for a good spectrum
+    assert lat.std[1].mean() > lat.std[0].mean()
+    np.testing.assert_allclose(lat.std[1], 1.0, rtol=0.05)
 
 
 def test_denoise_of_zero_spectra_gives_empty_output(trained):
@@ -435,8 +436,8 @@ def test_denoise_of_zero_spectra_gives_empty_output(trained):
     none = Spectra(WAVE, np.zeros((0, WAVE.size)), np.zeros((0, WAVE.size)))
     d = denoise(model, none, n_samples=4)
     assert d.flux.shape == d.sigma.shape == (0, WAVE.size)
-    z_mean, z_std = encode(model, none)
-    assert z_mean.shape == z_std.shape == (0, 3)
+    lat = encode(model, none)
+    assert lat.mean.shape == lat.std.shape == (0, 3) and lat.cov.shape == (0, 3, 3)
 
 
 @settings(max_examples=5, deadline=None)
@@ -450,29 +451,47 @@ def test_denoise_undoes_the_normalisation(trained, stars, factor):
     np.testing.assert_allclose(b.flux, factor * a.flux, rtol=2e-3, atol=1e-6 * factor)
     np.testing.assert_allclose(b.sigma, factor * a.sigma, rtol=2e-3, atol=1e-6 * factor)
     np.testing.assert_allclose(b.sigma_latent, factor * a.sigma_latent, rtol=2e-3, atol=1e-5 * factor)
-    za, zb = encode(model, s), encode(model, scaled)
-    np.testing.assert_allclose(za[0], zb[0], rtol=1e-3, atol=1e-4)
+    za, zb = encode(model, s, posterior="encoder"), encode(model, scaled, posterior="encoder")
+    np.testing.assert_allclose(za.mean, zb.mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(za.cov, zb.cov, rtol=1e-4, atol=1e-8)
 
 
-def test_denoise_is_reproducible_and_seeded(trained, stars):
+@pytest.mark.parametrize("posterior", ["laplace", "encoder"])
+def test_denoise_is_reproducible_seeded_and_independent_of_the_batch_split(trained, stars, posterior):
     model = trained[0]
-    a, b = denoise(model, stars[:3], n_samples=8), denoise(model, stars[:3], n_samples=8)
+    a, b = denoise(model, stars[:6], n_samples=8, posterior=posterior), denoise(model, stars[:6], n_samples=8,
+                                                                                 posterior=posterior)
     np.testing.assert_array_equal(a.flux, b.flux)
-    c = denoise(model, stars[:3], n_samples=8, seed=1)
-    assert not np.array_equal(a.sigma_latent, c.sigma_latent)
-    # the batch split must not change anything
-    d = denoise(model, stars[:3], n_samples=8, batch_size=8)
-    assert d.flux.shape == a.flux.shape and np.isfinite(d.flux).all()
+    np.testing.assert_array_equal(a.sigma, b.sigma)
+    c = denoise(model, stars[:6], n_samples=8, seed=1, posterior=posterior)
+    if posterior == "encoder":   # draws: another seed, other draws
+        assert not np.array_equal(a.sigma_latent, c.sigma_latent)
+    else:                        # propagated exactly: nothing random
+        np.testing.assert_array_equal(a.sigma_latent, c.sigma_latent)
+    if posterior == "laplace":   # each spectrum on its own: the batch split changes nothing
+        for rows in (1, 4):
+            d = denoise(model, stars[:6], batch_size=rows)
+            np.testing.assert_allclose(d.flux, a.flux, rtol=1e-4, atol=1e-6)   # float32 BLAS blocking
+            np.testing.assert_allclose(d.sigma, a.sigma, rtol=1e-4, atol=1e-6)
 
 
-def test_denoise_on_a_wrong_grid_is_a_user_error(trained, stars):
+def test_data_on_another_grid_are_resampled_when_they_cover_the_model_else_refused(trained, stars):
     model = trained[0]
-    other = stellar_spectra(3, seed=5, wave=loglam_grid(4000, 6000, 1.1e-3))
-    with pytest.raises(SpecaeError, match="grid"):
-        denoise(model, other)
-    shifted = Spectra(WAVE * 1.001, stars.flux[:3], stars.ivar[:3])
-    with pytest.raises(SpecaeError, match="grid"):
+    finer = loglam_grid(3990, 6010, 0.5e-3)          # covers the model's 4000-5999 A at twice the resolution
+    truth = stellar_spectra(3, seed=5, wave=finer)
+    other = add_noise(truth, seed=6, snr=50)
+    with pytest.warns(UserWarning, match="resampled"):
+        d = denoise(model, other)
+    np.testing.assert_array_equal(d.wave, model.wave)
+    on_model = stellar_spectra(3, seed=5, wave=WAVE).flux
+    assert d.flux.shape == (3, WAVE.size) and np.isfinite(d.flux).all()
+    assert np.sqrt(np.mean((d.flux - on_model) ** 2)) < 0.5 * np.sqrt(np.mean((other.resample(WAVE).flux - on_model) ** 2))
+    shifted = Spectra(WAVE * 1.003, stars.flux[:3], stars.ivar[:3])   # misses the model's first pixel
+    with pytest.raises(SpecaeError, match="cover"):
         encode(model, shifted)
+    with pytest.raises(SpecaeError, match="4000.0-5998.7 A"):
+        short = loglam_grid(4500, 6000, 1e-3)
+        denoise(model, Spectra(short, np.ones((2, short.size)), np.ones((2, short.size))))
 
 
 def test_redshift_model_needs_its_label(tmp_path):

@@ -31,11 +31,11 @@ def payne_run():
                       TrainConfig(epochs=30, patience=8, lr=2e-3, progress=False))   # few steps: a faster rate
     d = denoise(model, test, n_samples=32)
     pca_flux, _ = WeightedPCA(6).fit(train).denoise(test)
-    return d, pca_flux, test, truth, np.broadcast_to(ev, truth.shape), hist
+    return d, pca_flux, test, truth, np.broadcast_to(ev, truth.shape), hist, model
 
 
 def test_vae_beats_weighted_pca_on_held_out_apogee_emulator_spectra(payne_run):
-    d, pca_flux, test, truth, ev, hist = payne_run
+    d, pca_flux, test, truth, ev, hist, _ = payne_run
     r_vae, r_pca = rmse(d.flux, truth, ev), rmse(pca_flux, truth, ev)
     print(f"VAE {r_vae:.5f} PCA {r_pca:.5f} ratio {r_vae / r_pca:.3f} epochs {len(hist['epoch'])}")
     assert r_vae < 0.92 * r_pca
@@ -43,13 +43,15 @@ def test_vae_beats_weighted_pca_on_held_out_apogee_emulator_spectra(payne_run):
 
 
 def test_vae_sigma_is_calibrated_on_all_pixels_masked_included(payne_run):
-    d, _, test, truth, ev, hist = payne_run
+    d, _, test, truth, ev, hist, _ = payne_run
     c1, c2 = coverage(d.flux, d.sigma, truth, 1, ev), coverage(d.flux, d.sigma, truth, 2, ev)
     c_masked = coverage(d.flux, d.sigma, truth, 1, ev & test.mask)
     print(f"coverage 1 sigma {c1:.3f}, 2 sigma {c2:.3f}, masked pixels {c_masked:.3f}, scales {hist['sigma_scale']}")
     assert 0.60 <= c1 <= 0.76 and 0.90 <= c2 <= 0.98
     assert 0.5 <= c_masked <= 0.85
-    assert np.all(np.isfinite(d.sigma)) and np.all(d.sigma > 0)
+    # pixels no training spectrum covered (APOGEE's always-masked ones) are flagged, not invented
+    np.testing.assert_array_equal(d.unseen, ~ev)
+    assert np.all(np.isfinite(d.sigma[ev])) and np.all(d.sigma[ev] > 0) and np.all(np.isinf(d.sigma[~ev]))
     # equally good for noisy and clean spectra: the latent part of sigma grows as S/N falls
     snr = test.labels["SNR"]
     for lo, hi in ((5, 15), (15, 80)):
@@ -80,3 +82,13 @@ def test_rest_frame_vae_halves_the_noise_on_galaxies():
     assert rmse(dc.flux, truth, valid) < r_vae
     assert rmse(dc.flux, truth, on_lines) < 0.5 * rmse(d.flux, truth, on_lines)
     assert 0.6 <= coverage(dc.flux, dc.sigma, truth, 1, valid) <= 0.85
+
+
+@pytest.mark.parametrize("draws", [4, 16, 64])
+def test_encoder_posterior_sigma_is_calibrated_whatever_the_number_of_draws(payne_run, draws):
+    # the encoder posterior has its own latent factor, and few draws are widened for their own noise
+    _, _, test, truth, ev, hist, model = payne_run
+    d = denoise(model, test[:150], n_samples=draws, posterior="encoder")
+    c1 = coverage(d.flux, d.sigma, truth[:150], 1, ev[:150])
+    print(f"encoder posterior, {draws} draws: coverage {c1:.3f}")
+    assert 0.60 <= c1 <= 0.76

@@ -42,31 +42,100 @@ def test_metrics():
     assert coverage(a, np.full((2, 3), 2.5), b) == 1.0 and coverage(a, np.ones((2, 3)), b, k=1.5) == 0.0
 
 
+def tiny_model(n=60, snr=10):
+    from specae.data.resample import loglam_grid
+    from specae.data.synthetic import add_noise, stellar_spectra
+    from specae.denoise import model_input
+    from specae.models.config import ModelConfig
+    from specae.train import build_model
+
+    wave = loglam_grid(4000, 6000, 1e-3)
+    noisy = add_noise(stellar_spectra(n, seed=1, wave=wave), seed=2, snr=snr)
+    model = build_model(noisy, ModelConfig(npix=wave.size, latent_dim=3, dec_hidden=(16, 32), enc_pca=4))
+    b, _, _ = model_input(model, noisy)
+    return model, b
+
+
+def objective(model, b, latent):
+    import torch
+
+    mu, sig = model.decode(latent)
+    w = torch.where(b.ivar > 0, 1 / (1 / b.ivar.clamp_min(1e-30) + sig ** 2), 0.0)
+    return 0.5 * (w * (b.x - mu) ** 2).sum(1) + 0.5 * (latent ** 2).sum(1)
+
+
 def test_laplace_posterior_refines_and_narrows_with_signal_to_noise(one_thread):
     import torch
 
-    from specae.data.synthetic import add_noise, stellar_spectra
-    from specae.data.resample import loglam_grid
-    from specae.models.config import ModelConfig
-    from specae.train import build_model
-    from specae.uncertainty import laplace_posterior
+    from specae.uncertainty import posterior
 
-    wave = loglam_grid(4000, 6000, 1e-3)
-    clean = stellar_spectra(60, seed=1, wave=wave)
-    noisy = add_noise(clean, seed=2, snr=10)
-    model = build_model(noisy, ModelConfig(npix=wave.size, latent_dim=3, dec_hidden=(16, 32), enc_pca=4))
-    b, _ = model.prepare(noisy)
-    z0, _ = model.encode(b)
-    z, cov = laplace_posterior(model, b, z0)
-    mu0, s0 = model.decode(z0)
-    mu1, _ = model.decode(z)
-
-    def objective(mu, latent):
-        w = torch.where(b.ivar > 0, 1 / (1 / b.ivar.clamp_min(1e-30) + s0 ** 2), 0.0)
-        return 0.5 * (w * (b.x - mu) ** 2).sum(1) + 0.5 * (latent ** 2).sum(1)
-
-    assert torch.all(objective(mu1, z) <= objective(mu0, z0) + 1e-3)
+    model, b = tiny_model()
+    with torch.no_grad():
+        for p in model.decoder.body.parameters():   # a nonlinear decoder, so Gauss-Newton has work to do
+            p.normal_(0, 0.05)
+        z0, _ = model.encode(b.x, b.ivar)
+    post, (mu, sig, jac) = posterior(model, b.x, b.ivar)
+    assert post.mean.shape == (60, 3) and post.cov.shape == (60, 3, 3) and post.cov.dtype == torch.float64
+    with torch.no_grad():
+        assert torch.all(objective(model, b, post.mean) <= objective(model, b, z0) + 1e-4)
+        assert (objective(model, b, post.mean) < objective(model, b, z0) - 1e-3).any()
+        mu_ref, sig_ref = model.decode(post.mean)
+    torch.testing.assert_close(mu, mu_ref)
+    torch.testing.assert_close(sig, sig_ref)
+    torch.testing.assert_close(post.cov, post.cov.transpose(1, 2))
+    assert torch.all(torch.linalg.eigvalsh(post.cov) > 0)
     # ten times the S/N: a narrower posterior for every spectrum
-    sharp = type(b)(b.x, b.ivar * 100, b.z)
-    _, cov_sharp = laplace_posterior(model, sharp, z0)
-    assert torch.all(torch.linalg.det(cov_sharp) < torch.linalg.det(cov))
+    sharp, _ = posterior(model, b.x, b.ivar * 100)
+    assert torch.all(torch.linalg.det(sharp.cov) < torch.linalg.det(post.cov))
+    # the decoder-only posterior optimises further and never ends worse than the 3-step one
+    dec, _ = posterior(model, b.x, b.ivar, kind="decoder")
+    with torch.no_grad():
+        assert torch.all(objective(model, b, dec.mean) <= objective(model, b, post.mean) + 1e-4)
+
+
+def test_jacobian_is_exact(one_thread):
+    import torch
+
+    model, b = tiny_model(n=8)
+    for decoder in ("mlp", "conv"):
+        from specae.models import SpectrumVAE
+        m = SpectrumVAE(type(model.cfg)(**{**model.cfg.__dict__, "decoder": decoder, "conv_channels": 8}), model.wave)
+        with torch.no_grad():
+            for p in m.decoder.parameters():
+                p.normal_(0, 0.1)
+            lat = torch.randn(5, 3, dtype=torch.float32)
+            mu, sig, jac = m.decoder.forward_and_jacobian(lat)
+            h = 1e-3
+            for k in range(3):
+                e = torch.zeros(3)
+                e[k] = h
+                fd = (m.decode(lat + e)[0] - m.decode(lat - e)[0]) / (2 * h)
+                torch.testing.assert_close(jac[k], fd, rtol=2e-2, atol=2e-3)
+
+
+def test_very_high_signal_to_noise_does_not_break_the_posterior(one_thread):
+    import torch
+
+    from specae.uncertainty import posterior, spd_cholesky
+
+    model, b = tiny_model(n=10)
+    for factor in (1e8, 1e16, 1e30):   # an ill-conditioned Hessian; ivar near float32's limit
+        post, _ = posterior(model, b.x, (b.ivar.double() * factor).clamp(max=3e38).float())
+        assert torch.isfinite(post.mean).all() and torch.isfinite(post.cov).all()
+        assert torch.all(torch.diagonal(post.cov, dim1=1, dim2=2) >= 0)
+    # jitter only where a matrix does not factorise
+    good = torch.eye(3, dtype=torch.float64)[None] * 2
+    singular = torch.zeros(1, 3, 3, dtype=torch.float64)
+    chol = spd_cholesky(torch.cat([good, singular]))
+    torch.testing.assert_close(chol[0], torch.eye(3, dtype=torch.float64) * 2 ** 0.5)
+    assert torch.isfinite(chol[1]).all()
+
+
+def test_student_factor_widens_few_draws():
+    from scipy.stats import t
+
+    from specae.uncertainty import student_factor
+
+    assert student_factor(4) == pytest.approx(1.25 * t.ppf(0.8413447, 3) ** 2, rel=1e-4)
+    assert student_factor(64) == pytest.approx(1.0, abs=0.04)
+    assert student_factor(2) > student_factor(4) > student_factor(16) > student_factor(64) > 1

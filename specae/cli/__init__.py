@@ -8,6 +8,7 @@ atomically by the functions the commands call.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import warnings
 
@@ -39,15 +40,30 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"specae: warning: {message}", file=sys.stderr)
 
 
+class Terminated(Exception):
+    """SIGTERM (a batch system's time limit, `kill`): unwinds like an exception, so temporary outputs
+    are removed on the way out."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _one_line_warning
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         args.func(args)
     except SpecaeError as e:
         print(f"specae: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("specae: interrupted", file=sys.stderr)
+        print("specae: interrupted; nothing partial was written", file=sys.stderr)
         return 130
+    except Terminated:
+        print("specae: terminated; nothing partial was written", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0

@@ -19,7 +19,7 @@ def _convert(args) -> None:
         from specae.data.hdf5 import H5Spectra
         with H5Spectra(args.grid_from) as h5:
             wave = h5.wave
-    spectra = read_many(args.files, wave=wave)
+    spectra = read_many(args.files, wave=wave, exposures=args.exposures)
     write_h5(spectra, args.output)
     n_empty = int((~spectra.has_data).sum())
     print(f"wrote {len(spectra)} spectra x {spectra.npix} pixels to {args.output}"
@@ -33,4 +33,6 @@ def register(sub) -> None:
     c.add_argument("--grid", metavar="loglam:START:STOP:STEP",
                    help="common output grid (START/STOP in Angstrom, STEP in dex); default: from the inputs")
     c.add_argument("--grid-from", metavar="FILE.h5", help="use the wavelength grid of an existing specae file")
+    c.add_argument("--exposures", action="store_true",
+                   help="SDSS/BOSS full spec files: one spectrum per exposure (on the coadd grid) instead of the coadd")
     c.set_defaults(func=_convert)

@@ -1,51 +1,115 @@
-"""`specae train / denoise / encode / demo`: the VAE/AE commands."""
+"""`specae train / denoise / encode / demo`: the VAE/AE commands.
+
+denoise and encode stream: each input file is read and written block by block; given several files
+(or a glob) and an output directory they run as a batch job that skips outputs already complete.
+"""
 
 from __future__ import annotations
 
+import numpy as np
+
 from specae.cli import positive_int
+
+IN_MEMORY_BYTES = 1 << 30   # training sets up to this size (flux + ivar) are held in memory; larger ones stream
+
+
+def add_runtime_options(p) -> None:
+    """--device and --precision, the same on every command that runs a network."""
+    p.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: autocast on the networks (GPUs); fp32 (default)")
+
+
+def load_for_inference(args):
+    """The model of `args.model` on the requested device."""
+    from specae.engine.runtime import resolve_device
+    from specae.models.checkpoint import load_model
+
+    return load_model(args.model).to(resolve_device(args.device))
 
 
 def _train(args) -> None:
-    from specae.data.hdf5 import read_h5
+    import torch.distributed as dist
+
+    from specae.data.hdf5 import H5Spectra, read_h5
+    from specae.data.sources import expand_paths
+    from specae.data.spectra import Spectra
     from specae.models.config import ModelConfig
     from specae.train import TrainConfig, fit
 
-    spectra = read_h5(args.data)
-    model_cfg = ModelConfig(npix=spectra.npix, kind=args.model, latent_dim=args.latent_dim,
-                            decoder=args.decoder, redshift=args.redshift)
+    paths = expand_paths(args.data)
+    val_paths = expand_paths(args.val) if args.val else None
+    size = 0
+    for p in paths:
+        with H5Spectra(p) as h5:
+            n, npix = h5.shape
+            size += 8 * n * npix
+    stream = args.stream or size > IN_MEMORY_BYTES
+    if stream:
+        train, val = paths, val_paths
+    else:
+        train = Spectra.concatenate([read_h5(p) for p in paths])
+        val = Spectra.concatenate([read_h5(p) for p in val_paths]) if val_paths else None
+    model_cfg = ModelConfig(npix=npix, kind=args.model, latent_dim=args.latent_dim, decoder=args.decoder,
+                            redshift=args.redshift)
     train_cfg = TrainConfig(epochs=args.epochs, max_minutes=args.max_minutes, batch_size=args.batch_size,
-                            seed=args.seed, device=args.device, progress=not args.quiet)
-    _, history = fit(spectra, model_cfg=model_cfg, cfg=train_cfg, out_dir=args.output, resume=args.resume)
-    print(f"trained {args.model} on {history['n_train']} spectra ({history['n_val']} for validation): "
-          f"best val chi2/dof {history['best_val_chi2_dof']:.4f} at epoch {history['best_epoch'] + 1}, "
-          f"stopped by {history['stopped']}; model in {args.output}")
+                            lr=args.lr, seed=args.seed, device=args.device, precision=args.precision,
+                            distributed=args.distributed, num_workers=args.workers, progress=not args.quiet)
+    _, history = fit(train, val, model_cfg, train_cfg, out_dir=args.output, resume=args.resume)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return   # one summary line, from rank 0
+    print(f"trained {args.model} on {history['n_train']} spectra ({history['n_val']} for validation"
+          + (f", streamed from {len(paths)} file(s)" if stream else "") + f"): best val chi2/dof "
+          f"{history['best_val_chi2_dof']:.4f} at epoch {history['best_epoch'] + 1}, stopped by {history['stopped']}; "
+          f"model in {args.output}")
+
+
+def _run_files(args, fn, wave=None, attrs=None, verb="processed", detail="") -> None:
+    """Apply `fn` to every input file (streamed), print one summary line."""
+    from specae.data.sources import expand_paths
+    from specae.results import map_files
+
+    inputs = expand_paths(args.data)
+    s = map_files(inputs, args.output, fn, progress=not getattr(args, "quiet", False), wave=wave, attrs=attrs)
+    if len(s["outputs"]) == 1:
+        where = str(s["outputs"][0])
+    else:
+        where = f"{args.output} ({s['files']} files written, {s['skipped']} already complete)"
+    print(f"{verb} {s['spectra']} spectra{detail} into {where} ({s['rate']:.0f} spectra/s)")
 
 
 def _denoise(args) -> None:
-    from specae.data.hdf5 import read_h5, write_h5
     from specae.denoise import denoise
-    from specae.models.checkpoint import load_model
 
-    model = load_model(args.model)
-    spectra = read_h5(args.data)
-    out = denoise(model, spectra, n_samples=args.samples, posterior=args.posterior, combine=args.combine)
-    result = type(spectra)(spectra.wave, out.flux, 1 / out.sigma ** 2, None, spectra.labels, spectra.ids,
-                           None, {**spectra.meta, "source": f"specae denoise of {args.data}"})
-    write_h5(result, args.output, extra={"flux_sigma": out.sigma.astype("float32")})
-    print(f"denoised {len(spectra)} spectra into {args.output}")
+    model = load_for_inference(args)
+
+    def fn(part):
+        out = denoise(model, part, n_samples=args.samples, batch_size=args.batch_size, posterior=args.posterior,
+                      combine=args.combine, pixel_covariance=args.pixel_covariance, precision=args.precision)
+        ivar = np.where(np.isfinite(out.sigma) & (out.sigma > 0), 1 / np.maximum(out.sigma.astype(np.float64), 1e-30) ** 2, 0)
+        res = {"flux": out.flux, "ivar": ivar.astype(np.float32), "flux_sigma": out.sigma, "mask": out.unseen,
+               "input_mask": out.inpainted, "scale": np.ones(len(out.flux))}
+        if args.pixel_covariance:
+            res["flux_cov_factor"] = out.cov_factor
+        return res
+
+    _run_files(args, fn, wave=model.wave, verb="denoised",
+               attrs={"source": f"specae denoise ({args.posterior} posterior{', combined' if args.combine else ''})",
+                      "flux_unit": "", "frame": "observed"})
 
 
 def _encode(args) -> None:
-    from specae.data.hdf5 import read_h5
     from specae.denoise import encode
-    from specae.models.checkpoint import load_model
-    from specae.results import write_latents
 
-    model = load_model(args.model)
-    spectra = read_h5(args.data)
-    z_mean, z_std = encode(model, spectra)
-    write_latents(args.output, z_mean, z_std, spectra.ids, spectra.labels)
-    print(f"encoded {len(spectra)} spectra to {z_mean.shape[1]} latents in {args.output}")
+    model = load_for_inference(args)
+
+    def fn(part):
+        lat = encode(model, part, posterior=args.posterior, batch_size=args.batch_size)
+        return {"z_mean": lat.mean.astype(np.float32), "z_std": lat.std.astype(np.float32),
+                "z_cov": lat.cov.astype(np.float32)}
+
+    _run_files(args, fn, verb="encoded", detail=f" to {model.cfg.latent_dim} latents",
+               attrs={"source": f"specae encode ({args.posterior} posterior)"})
 
 
 def _demo(args) -> None:
@@ -54,39 +118,58 @@ def _demo(args) -> None:
     print(run_demo(args.output, minutes=args.max_minutes, seed=args.seed))
 
 
+def _inputs(p, help_text: str) -> None:
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("data", nargs="+", metavar="DATA.h5", help=help_text)
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output file, or a directory for several inputs (outputs already there are skipped)")
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="B",
+                   help="spectra per batch (default: what fits in memory)")
+    p.add_argument("--posterior", choices=("laplace", "decoder", "encoder"), default="laplace",
+                   help="laplace: refine the latents on the exact posterior (default); decoder: optimise them to "
+                        "convergence with the decoder alone (spectra unlike the training set); encoder: q(z|x)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_runtime_options(p)
+
+
 def register(sub) -> None:
-    t = sub.add_parser("train", help="train a VAE or AE on a specae HDF5 file")
-    t.add_argument("data", metavar="DATA.h5")
+    t = sub.add_parser("train", help="train a VAE or AE on specae HDF5 files (streamed when large)")
+    t.add_argument("data", nargs="+", metavar="DATA.h5", help="training files (or glob patterns)")
     t.add_argument("-o", "--output", required=True, metavar="MODEL", help="model directory (created)")
+    t.add_argument("--val", nargs="+", metavar="VAL.h5", default=None,
+                   help="validation files (default: a random tenth of the training spectra)")
     t.add_argument("--model", choices=("vae", "ae"), default="vae")
     t.add_argument("--latent-dim", type=positive_int, default=6, metavar="K")
     t.add_argument("--decoder", choices=("mlp", "conv"), default="mlp")
     t.add_argument("--epochs", type=positive_int, default=200, metavar="N")
     t.add_argument("--max-minutes", type=float, default=None, metavar="M", help="wall-clock budget")
-    t.add_argument("--batch-size", type=positive_int, default=64, metavar="B")
-    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    t.add_argument("--batch-size", type=positive_int, default=64, metavar="B", help="global batch (all ranks)")
+    t.add_argument("--lr", type=float, default=1e-3, metavar="LR")
     t.add_argument("--seed", type=int, default=0, metavar="S")
     t.add_argument("--resume", action="store_true", help="continue the run saved in MODEL")
     t.add_argument("--redshift", metavar="LABEL", default=None,
                    help="decode in the rest frame, shifting by this label's redshift")
+    t.add_argument("--stream", action="store_true",
+                   help="stream the training files by row blocks even when they would fit in memory")
+    t.add_argument("--workers", type=int, default=2, metavar="W", help="DataLoader workers when streaming")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel training under torchrun (NCCL on GPUs, gloo on CPUs)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_runtime_options(t)
     t.set_defaults(func=_train)
 
     d = sub.add_parser("denoise", help="denoise spectra, with per-pixel uncertainties")
-    d.add_argument("model", metavar="MODEL")
-    d.add_argument("data", metavar="DATA.h5")
-    d.add_argument("-o", "--output", required=True, metavar="OUT.h5")
-    d.add_argument("--samples", type=positive_int, default=64, metavar="S", help="latent posterior samples")
-    d.add_argument("--posterior", choices=("laplace", "encoder"), default="laplace",
-                   help="laplace: refine the latents on the exact posterior (default); encoder: sample q(z|x)")
+    _inputs(d, "spectra to denoise (files or glob patterns)")
+    d.add_argument("--samples", type=positive_int, default=16, metavar="S",
+                   help="latent draws for the encoder posterior (laplace/decoder are propagated exactly)")
     d.add_argument("--combine", action="store_true",
-                   help="update the model's prediction with each pixel's own measurement (precision-weighted)")
+                   help="update each pixel with its own measurement (leave-one-pixel-out, counted once)")
+    d.add_argument("--pixel-covariance", action="store_true",
+                   help="also write flux_cov_factor (N, npix, K): the low-rank latent part of the pixel covariance")
     d.set_defaults(func=_denoise)
 
-    e = sub.add_parser("encode", help="write latent posterior means and standard deviations")
-    e.add_argument("model", metavar="MODEL")
-    e.add_argument("data", metavar="DATA.h5")
-    e.add_argument("-o", "--output", required=True, metavar="OUT.h5")
+    e = sub.add_parser("encode", help="write latent posteriors: z_mean, z_std, z_cov")
+    _inputs(e, "spectra to encode (files or glob patterns)")
     e.set_defaults(func=_encode)
 
     m = sub.add_parser("demo", help="generate the bundled synthetic set, train a small VAE, denoise, plot")

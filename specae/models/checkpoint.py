@@ -17,8 +17,8 @@ from specae.models.config import ModelConfig
 from specae.models.vae import SpectrumVAE
 
 
-def save_model(model: SpectrumVAE, directory, history: dict | None = None, train_state: dict | None = None) -> None:
-    """Write config.json, weights.pt and optionally history.json / train_state.pt, each atomically."""
+def save_model(model: SpectrumVAE, directory, history: dict | None = None) -> None:
+    """Write config.json, weights.pt and optionally history.json, each atomically."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     rest = model.decoder.loglam_rest
@@ -33,9 +33,6 @@ def save_model(model: SpectrumVAE, directory, history: dict | None = None, train
     if history is not None:
         with atomic_path(d / "history.json") as tmp:
             tmp.write_text(json.dumps(history, indent=1))
-    if train_state is not None:
-        with atomic_path(d / "train_state.pt") as tmp:
-            torch.save(train_state, tmp)
 
 
 def load_model(directory, map_location="cpu") -> SpectrumVAE:
@@ -50,20 +47,10 @@ def load_model(directory, map_location="cpu") -> SpectrumVAE:
         wave_rest = blob.get("wave_rest")
         model = SpectrumVAE(cfg, blob["wave"].numpy(), None if wave_rest is None else wave_rest.numpy())
         model.load_state_dict(blob["state"])
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, OSError,
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, OSError, SpecaeError,
             pickle.UnpicklingError) as e:
         raise SpecaeError(f"{d}: damaged or incompatible checkpoint ({str(e).splitlines()[0]})") from None
     return model.eval()
 
 
-def load_json(path) -> dict | None:
-    p = Path(path)
-    return json.loads(p.read_text()) if p.is_file() else None
-
-
-def load_train_state(directory) -> dict | None:
-    p = Path(directory) / "train_state.pt"
-    return torch.load(p, map_location="cpu", weights_only=True) if p.is_file() else None
-
-
-__all__ = ["save_model", "load_model", "load_train_state", "load_json"]
+__all__ = ["save_model", "load_model"]

@@ -21,6 +21,7 @@ class ModelConfig:
     enc_pca: int = 12                      # weighted-PCA projections given to the encoder (>= latent_dim)
     redshift: str | None = None            # label holding z: decode in the rest frame, then shift
     rest_npix: int = 0                     # pixels of the rest-frame grid (redshift mode)
+    z_range: tuple | None = None           # redshifts of the training set (redshift mode)
     sigma_floor: float = 1e-3              # lower bound of sigma_model, in normalised flux units
     ivar_scale: float = 1.0                # typical sqrt(ivar) of normalised training data
     norm_window: tuple | None = None       # Angstrom window for per-spectrum median normalisation
@@ -34,7 +35,7 @@ class ModelConfig:
         raw = json.loads(text)
         known = {f.name for f in fields(cls)}
         cfg = cls(**{k: v for k, v in raw.items() if k in known})
-        for name in ("dec_hidden", "enc_channels", "norm_window"):
+        for name in ("dec_hidden", "enc_channels", "norm_window", "z_range"):
             if getattr(cfg, name) is not None:
                 setattr(cfg, name, tuple(getattr(cfg, name)))
         return cfg

@@ -34,6 +34,16 @@ class MLPBody(nn.Module):
     def forward(self, z):
         return self.out(self.hidden(z)).view(-1, 2, self.n)
 
+    def forward_and_jacobian(self, z):
+        """out (B, 2, n) and d out[:, 0] / dz (K, B, n): forward-mode through the small hidden layers,
+        then the big output layer applied to the K tangents of the mean rows only."""
+        k = z.shape[1]
+        eye = torch.eye(k, device=z.device, dtype=z.dtype).repeat_interleave(z.shape[0], 0)   # (K B, K)
+        h, dh = torch.func.jvp(self.hidden, (z.repeat(k, 1),), (eye,))                       # (K B, H)
+        h = h[:z.shape[0]]
+        w_mu = self.out.weight.view(2, self.n, -1)[0]                                        # (n, H)
+        return self.out(h).view(-1, 2, self.n), (dh @ w_mu.T).view(k, z.shape[0], self.n)
+
 
 class PerPixelLinear(nn.Module):
     """A 1x1 convolution with its own weights at every pixel: (B, C, n) -> (B, out, n)."""
@@ -79,6 +89,13 @@ class ConvBody(nn.Module):
         h = F.interpolate(h, size=self.n, mode="linear", align_corners=False)
         return self.out(h)                                               # (B, 2, n)
 
+    def forward_and_jacobian(self, z):
+        """out (B, 2, n) and d out[:, 0] / dz (K, B, n), by forward-mode differentiation."""
+        k, b = z.shape[1], z.shape[0]
+        eye = torch.eye(k, device=z.device, dtype=z.dtype).repeat_interleave(b, 0)           # (K B, K)
+        out, tangent = torch.func.jvp(self, (z.repeat(k, 1),), (eye,))
+        return out[:b], tangent[:, 0].view(k, b, self.n)
+
 
 class Decoder(nn.Module):
     """z -> (mu, sigma_model) on the observed grid.
@@ -110,11 +127,31 @@ class Decoder(nn.Module):
             mu, sigma = self.to_observed(mu, redshift), self.to_observed(sigma, redshift)
         return mu, sigma
 
-    def to_observed(self, rest: torch.Tensor, redshift: torch.Tensor) -> torch.Tensor:
-        """Rest-frame (B, n_rest) -> observed-frame (B, npix) for redshifts (B,)."""
-        l0, step = self.loglam_rest[0], self.loglam_rest[1] - self.loglam_rest[0]
-        pos = (self.loglam_obs[None] - torch.log10(1 + redshift.double())[:, None] - l0) / step
-        pos = pos.clamp(0, rest.shape[1] - 1)
-        i0 = pos.floor().long().clamp(max=rest.shape[1] - 2)
-        frac = (pos - i0).to(rest.dtype)
-        return torch.gather(rest, 1, i0) * (1 - frac) + torch.gather(rest, 1, i0 + 1) * frac
+    def forward_and_jacobian(self, z: torch.Tensor, redshift: torch.Tensor | None = None):
+        """mu, sigma_model (B, npix) and the exact Jacobian d mu / dz (K, B, npix), for Gauss-Newton and
+        for propagating a latent covariance to the pixels."""
+        out, d_out = self.body.forward_and_jacobian(z)
+        mu = self.mean + z @ self.linear + out[:, 0]
+        sigma = self.cfg.sigma_floor + F.softplus(self.log_sigma0 + out[:, 1])
+        jac = self.linear[:, None, :] + d_out                                   # (K, B, n)
+        if self.loglam_rest is not None:
+            k, b = jac.shape[:2]
+            mu, sigma = self.to_observed(mu, redshift), self.to_observed(sigma, redshift)
+            jac = self.to_observed(jac.reshape(k * b, -1), redshift.repeat(k)).view(k, b, -1)
+        return mu, sigma, jac
+
+    def to_observed(self, rest: torch.Tensor, redshift: torch.Tensor, outside: float | None = None) -> torch.Tensor:
+        """Rest-frame (B, n_rest) -> observed-frame (B, npix) for redshifts (B,).
+
+        Observed pixels whose rest wavelength falls off the rest grid take the edge value, or `outside`
+        if given (e.g. 0 for a coverage mask, so the caller can tell them apart).
+        """
+        with torch.autocast(rest.device.type, enabled=False):   # wavelengths need float64, not bf16
+            l0, step = self.loglam_rest[0], self.loglam_rest[1] - self.loglam_rest[0]
+            pos = (self.loglam_obs[None] - torch.log10(1 + redshift.double())[:, None] - l0) / step
+            off = (pos < 0) | (pos > rest.shape[1] - 1)
+            pos = pos.clamp(0, rest.shape[1] - 1)
+            i0 = pos.floor().long().clamp(max=rest.shape[1] - 2)
+            frac = (pos - i0).to(rest.dtype)
+        out = torch.gather(rest, 1, i0) * (1 - frac) + torch.gather(rest, 1, i0 + 1) * frac
+        return out if outside is None else torch.where(off, torch.full_like(out, outside), out)

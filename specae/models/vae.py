@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from specae.data.spectra import Spectra
 from specae.errors import SpecaeError
 from specae.models.config import ModelConfig
 from specae.models.decoder import Decoder
@@ -18,24 +16,13 @@ from specae.models.encoder import Encoder
 LOG_2PI = math.log(2 * math.pi)
 
 
-@dataclass
-class Batch:
-    """Model-space tensors for a set of spectra: normalised flux, its ivar, redshift."""
-    x: torch.Tensor              # (B, npix) normalised flux, 0 where masked
-    ivar: torch.Tensor           # (B, npix) ivar of x, 0 where masked
-    z: torch.Tensor | None       # (B,) redshift in redshift mode
-
-    def to(self, device) -> "Batch":
-        return Batch(self.x.to(device), self.ivar.to(device), None if self.z is None else self.z.to(device))
-
-    def __getitem__(self, idx) -> "Batch":
-        return Batch(self.x[idx], self.ivar[idx], None if self.z is None else self.z[idx])
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-
 class SpectrumVAE(nn.Module):
+    """Encoder + decoder with the weighted-PCA basis they start from; tensors in, tensors out.
+
+    Inputs are model-space tensors (specae.data.tensors): x, ivar (B, npix) normalised flux and its
+    inverse variance (0 = masked) and, in redshift mode, z (B,).
+    """
+
     def __init__(self, cfg: ModelConfig, wave: np.ndarray, wave_rest: np.ndarray | None = None):
         super().__init__()
         if cfg.kind not in ("vae", "ae"):
@@ -44,6 +31,8 @@ class SpectrumVAE(nn.Module):
             raise SpecaeError(f"unknown decoder {cfg.decoder!r} (use 'mlp' or 'conv')")
         if not 1 <= cfg.latent_dim <= cfg.enc_pca:
             raise SpecaeError(f"latent_dim {cfg.latent_dim} must be between 1 and enc_pca ({cfg.enc_pca})")
+        if len(wave) != cfg.npix:
+            raise SpecaeError(f"the model's grid has {len(wave)} pixels but its config says npix={cfg.npix}")
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg, torch.from_numpy(np.log10(wave)),
@@ -52,64 +41,75 @@ class SpectrumVAE(nn.Module):
         # weighted-PCA basis on the decoder grid and its prior variances, set at fit
         self.register_buffer("basis", torch.zeros(cfg.enc_pca, n_dec))
         self.register_buffer("basis_var", torch.ones(cfg.enc_pca))
-        # factors on the latent-posterior and decoder parts of the denoised sigma, calibrated on
-        # validation data after training (specae.uncertainty)
-        self.register_buffer("sigma_scale", torch.ones(2))
+        # 1 where some training spectrum had data on the decoder grid: elsewhere the model knows nothing
+        self.register_buffer("seen", torch.ones(n_dec))
+        # factors on the denoised sigma, calibrated on validation data after training (specae.uncertainty):
+        # latent part for the Laplace posterior, latent part for the encoder posterior, decoder part
+        self.register_buffer("sigma_scale", torch.ones(3))
 
     @property
     def wave(self) -> np.ndarray:
+        """(npix,) the observed grid in Angstrom."""
         return 10 ** self.decoder.loglam_obs.cpu().numpy()
 
-    # -- data -> tensors ---------------------------------------------------------------------------
-    def prepare(self, spectra: Spectra) -> tuple[Batch, Spectra]:
-        """Normalise `spectra` the way the model was trained; returns tensors and the normalised Spectra."""
-        if spectra.npix != self.cfg.npix or not np.allclose(spectra.wave, self.wave, rtol=1e-7):
-            raise SpecaeError(f"spectra are on a different wavelength grid ({spectra.npix} pixels, "
-                              f"{spectra.wave[0]:.1f}-{spectra.wave[-1]:.1f} A) than the model "
-                              f"({self.cfg.npix} pixels); resample them onto the model's grid first")
-        z = torch.from_numpy(spectra.redshifts(self.cfg.redshift)).float() if self.cfg.redshift else None
-        norm = spectra.normalise(self.cfg.norm_window)
-        return Batch(torch.from_numpy(norm.flux), torch.from_numpy(norm.ivar), z), norm
-
-    # -- forward -----------------------------------------------------------------------------------
-    def _observed(self, rest: torch.Tensor, b: Batch) -> torch.Tensor:
+    def _observed(self, rest: torch.Tensor, z: torch.Tensor | None, n: int) -> torch.Tensor:
         """Decoder-grid rows (R, n_dec) -> observed frame: (1, R, npix), or (B, R, npix) in redshift mode."""
         if self.cfg.redshift is None:
             return rest[None]
         r = rest.shape[0]
-        return self.decoder.to_observed(rest[None].expand(len(b), -1, -1).reshape(len(b) * r, -1),
-                                        b.z.repeat_interleave(r)).view(len(b), r, -1)
+        return self.decoder.to_observed(rest[None].expand(n, -1, -1).reshape(n * r, -1),
+                                        z.repeat_interleave(r)).view(n, r, -1)
 
-    def project(self, b: Batch, resid: torch.Tensor) -> torch.Tensor:
-        """(B, 2P) Bayesian weighted least-squares projection of `resid` onto the PCA basis.
+    def project(self, resid: torch.Tensor, ivar: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 2P) Bayesian weighted least-squares projection of `resid` (B, npix) onto the PCA basis.
 
         Prior c ~ N(0, basis_var), so spectra with little or no data get coefficients near 0 and large
         variances instead of noise. Returned in prior units: c / sqrt(var_prior), log(var_post / var_prior).
         """
-        basis = self._observed(self.basis, b).expand(len(b), -1, -1)              # (B, P, npix)
-        normal = torch.einsum("bpn,bn,bqn->bpq", basis, b.ivar, basis) + torch.diag(1 / self.basis_var)
-        cov = torch.linalg.inv(normal)                                            # (B, P, P)
-        c = torch.einsum("bpq,bq->bp", cov, torch.einsum("bpn,bn->bp", basis, b.ivar * resid))
-        var = torch.diagonal(cov, dim1=1, dim2=2)
-        return torch.cat([c / self.basis_var.sqrt(), torch.log(var / self.basis_var)], 1)
+        n = resid.shape[0]
+        basis = self._observed(self.basis, z, n).expand(n, -1, -1).float()      # (B, P, npix)
+        # S/N beyond 1e6 per pixel adds nothing here but could overflow the float32 sums
+        ivar, resid = ivar.float().clamp(max=1e12), resid.float()
+        normal = torch.einsum("bpn,bn,bqn->bpq", basis, ivar, basis).double() + torch.diag(1 / self.basis_var.double())
+        chol = torch.linalg.cholesky(normal)                                       # SPD: prior term > 0
+        rhs = torch.einsum("bpn,bn->bp", basis, ivar * resid).double()
+        c = torch.cholesky_solve(rhs[..., None], chol)[..., 0]
+        var = torch.diagonal(torch.cholesky_inverse(chol), dim1=1, dim2=2)
+        bv = self.basis_var.double()
+        return torch.cat([c / bv.sqrt(), torch.log(var / bv)], 1).float()
 
-    def encode(self, b: Batch):
+    def encode(self, x: torch.Tensor, ivar: torch.Tensor, z: torch.Tensor | None = None):
         """(mean, logvar) of q(z|x), each (B, K); logvar is None for the AE."""
-        mean_obs = self._observed(self.decoder.mean[None], b)[:, 0]
-        resid = torch.where(b.ivar > 0, b.x - mean_obs, torch.zeros_like(b.x))
-        return self.encoder(resid, b.ivar, self.project(b, resid), b.z)
+        mean_obs = self._observed(self.decoder.mean[None], z, x.shape[0])[:, 0]
+        resid = torch.where(ivar > 0, x - mean_obs, torch.zeros_like(x))
+        return self.encoder(resid, ivar, self.project(resid, ivar, z), z)
 
-    def decode(self, latent: torch.Tensor, redshift: torch.Tensor | None = None):
+    def decode(self, latent: torch.Tensor, z: torch.Tensor | None = None):
         """latent (B, K) -> mu, sigma_model (B, npix) in normalised flux units."""
-        return self.decoder(latent, redshift)
+        return self.decoder(latent, z)
 
-    def forward(self, b: Batch, sample: bool = True):
-        mean, logvar = self.encode(b)
+    def unseen(self, z: torch.Tensor | None, n: int) -> torch.Tensor:
+        """(B, npix) bool: observed pixels whose rest wavelength no training spectrum covered (or that
+        fall off the decoder's grid); the model would only invent values there."""
+        if self.cfg.redshift is None:
+            return (self.seen < 1)[None].expand(n, -1)
+        seen = self.decoder.to_observed(self.seen[None].expand(n, -1), z, outside=0.0)
+        return seen < 1 - 1e-6
+
+    def forward(self, x, ivar, z=None, ivar_enc=None, eps=None):
+        """The training pass: encode (seeing `ivar_enc`, e.g. with chunks hidden, if given), draw the
+        latent with noise `eps` (B, K) (VAE), decode. Returns mu, sigma_model, mean, logvar."""
+        mean, logvar = self.encode(x, ivar if ivar_enc is None else ivar_enc, z)
         latent = mean
-        if sample and logvar is not None:
-            latent = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-        mu, sigma = self.decode(latent, b.z)
+        if logvar is not None and eps is not None:
+            latent = mean + eps * (0.5 * logvar).exp()
+        mu, sigma = self.decode(latent, z)
         return mu, sigma, mean, logvar
+
+    def no_decay(self) -> set[str]:
+        """Parameter names kept out of weight decay: the mean spectrum, the PCA-initialised linear terms
+        and the baseline scatter, whose scale is the data's, not a regularisation choice."""
+        return {"decoder.mean", "decoder.linear", "decoder.log_sigma0", "encoder.skip.weight"}
 
 
 def gaussian_nll(x, ivar, mu, sigma_model) -> torch.Tensor:
