@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.linalg import subspace_angles
 
-from specae.baselines import WeightedPCA
+from specae.baselines import SavitzkyGolay, WeightedPCA
 from specae.data.spectra import Spectra
 from specae.errors import SpecaeError
 
@@ -129,3 +129,101 @@ def test_spectra_and_pixels_without_data(data):
     assert np.isinf(sigma[:, 50]).all()
     sigma = np.delete(sigma, 50, axis=1)
     assert np.isfinite(sigma).all() and np.all(sigma[0] > 10 * sigma[1])
+
+
+# -- Savitzky-Golay -----------------------------------------------------------------------------------------
+
+SG_NPIX = 400
+
+
+def _smooth_set(n, seed, wiggle=0.0, mask_frac=0.0):
+    """(noisy Spectra, truth): a smooth continuum (plus `wiggle`-amplitude 3-pixel features) with per-spectrum
+    S/N 10-50 and, optionally, random masked runs of 5-30 pixels holding garbage."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 1, SG_NPIX)
+    truth = (1 + 0.3 * np.sin(2 * np.pi * (x[None] * rng.uniform(1, 2, (n, 1)) + rng.uniform(0, 1, (n, 1))))
+             - wiggle * sum(_gauss(x, mu, 0.004) for mu in np.linspace(0.05, 0.95, 25)))
+    sigma = np.broadcast_to(rng.uniform(0.02, 0.1, (n, 1)), truth.shape)
+    flux = truth + sigma * rng.normal(size=truth.shape)
+    mask = np.zeros(truth.shape, bool)
+    if mask_frac:
+        for i in range(n):
+            for start in rng.integers(0, SG_NPIX, int(mask_frac * SG_NPIX / 15)):
+                mask[i, start:start + rng.integers(5, 31)] = True
+        flux[mask] = 100.0
+    wave = 10 ** (3.6 + 1e-4 * np.arange(SG_NPIX))
+    return Spectra(wave, flux, np.where(mask, 0, sigma ** -2), mask), truth
+
+
+@pytest.fixture(scope="module")
+def smooth():
+    train, _ = _smooth_set(100, 1)
+    test, truth = _smooth_set(200, 2)
+    return SavitzkyGolay().fit(train), test, truth
+
+
+def test_savgol_reduces_rmse_on_a_smooth_signal(smooth):
+    sg, test, truth = smooth
+    flux, _ = sg.denoise(test)
+    ratio = _rmse(flux, truth) / _rmse(test.flux, truth)
+    print(f"window {sg.window_}, RMSE smoothed / noisy = {ratio:.3f}")
+    assert sg.window_ >= 25 and ratio < 0.4
+
+
+def test_savgol_sigma_is_calibrated_on_a_smooth_signal(smooth):
+    sg, test, truth = smooth
+    flux, sigma = sg.denoise(test)
+    inside1, inside2 = (float(np.mean(np.abs(flux - truth) < k * sigma)) for k in (1, 2))
+    print(f"within 1 sigma {inside1:.3f}, 2 sigma {inside2:.3f}")
+    assert 0.63 < inside1 < 0.74 and 0.92 < inside2 < 0.98
+
+
+def test_savgol_sigma_matches_the_scatter_over_noise_draws():
+    """The propagated sigma is the standard deviation of the output over noise realisations, edges included."""
+    one, truth = _smooth_set(1, 3)
+    sg = SavitzkyGolay(window=15).fit(one)
+    sigma = sg.denoise(one)[1][0]
+    rng = np.random.default_rng(4)
+    noise = one.ivar[0] ** -0.5 * rng.normal(size=(2000, SG_NPIX))
+    draws = Spectra(one.wave, truth + noise, np.broadcast_to(one.ivar, noise.shape))
+    scatter = sg.denoise(draws)[0].std(axis=0)
+    np.testing.assert_allclose(sigma, scatter, rtol=0.08)
+    assert sigma[0] > 1.5 * sigma[SG_NPIX // 2]            # the end polynomial extrapolates: noisier
+
+
+def test_savgol_window_follows_the_data():
+    """Sharp features call for a shorter window than a smooth continuum."""
+    smooth_train, _ = _smooth_set(100, 5)
+    sharp_train, _ = _smooth_set(100, 5, wiggle=0.5)
+    w_smooth, w_sharp = SavitzkyGolay().fit(smooth_train).window_, SavitzkyGolay().fit(sharp_train).window_
+    print(f"chosen windows: smooth {w_smooth}, sharp {w_sharp}")
+    assert w_sharp < w_smooth
+
+
+def test_savgol_bridges_masked_pixels_with_inflated_sigma():
+    train, _ = _smooth_set(100, 6, wiggle=0.3, mask_frac=0.15)
+    test, truth = _smooth_set(200, 7, wiggle=0.3, mask_frac=0.15)
+    sg = SavitzkyGolay().fit(train)
+    flux, sigma = sg.denoise(test)
+    assert np.isfinite(flux).all() and np.isfinite(sigma).all()
+    m = test.mask
+    err_masked = _rmse(flux, truth, m)
+    inside = float(np.mean((np.abs(flux - truth) < sigma)[m]))
+    print(f"masked pixels: RMSE {err_masked:.4f}, within 1 sigma {inside:.3f}; gap_var_ {sg.gap_var_}")
+    assert err_masked < 0.2                               # the garbage (100) under the mask is ignored
+    assert 0.5 < inside < 0.9
+    assert np.median(sigma[m]) > 1.5 * np.median(sigma[~m])
+
+
+def test_savgol_spectrum_without_data_and_bad_settings():
+    train, _ = _smooth_set(20, 8)
+    sg = SavitzkyGolay(window=9).fit(train)
+    two = train[:2]
+    mask = two.mask.copy()
+    mask[0] = True
+    flux, sigma = sg.denoise(Spectra(two.wave, two.flux, two.ivar, mask))
+    assert flux[0].tolist() == [0.0] * SG_NPIX and np.isinf(sigma[0]).all() and np.isfinite(sigma[1]).all()
+    with pytest.raises(SpecaeError, match="odd"):
+        SavitzkyGolay(window=10)
+    with pytest.raises(SpecaeError, match="not fitted"):
+        SavitzkyGolay().denoise(two)

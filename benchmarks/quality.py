@@ -1,0 +1,483 @@
+"""Quality benchmark: denoisers compared on held-out spectra whose truth is known.
+
+    python -m benchmarks.quality --set payne --quick                      # ~3 min on a CPU
+    python -m benchmarks.quality --set payne --n-train 4000 --minutes 20  # full size
+    python -m benchmarks.quality --set galaxy --n-train 3000 --minutes 15
+    python -m benchmarks.quality --set payne --sweep n-train=1000,10000,100000 --methods vae-mlp,pca
+    python -m benchmarks.quality --set payne --sweep latent=4,6,8,12 --methods vae-mlp,pca
+
+Data: the Payne APOGEE emulator (../shared/data/payne; S/N 5-80, APOGEE's bad pixels and random masked
+chunks) or the synthetic galaxies (galaxy_spectra + add_noise; specae and spender decode in the rest frame
+from the redshift label Z, PCA and Savitzky-Golay work in the observed frame). Methods at one latent size K:
+specae VAE (MLP or convolutional decoder), specae AE, weighted EM-PCA, Savitzky-Golay, spender; plus the noisy
+input and, for the emulator, the oracle (the emulator fitted to each noisy spectrum). Figures: see
+benchmarks/README.md. Writes benchmarks/results/<name>.json, .md and .png through benchmarks/report.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from benchmarks.peers import SpenderPeer, spender_unavailable
+from benchmarks.report import write_results
+from specae.baselines import SavitzkyGolay, WeightedPCA
+from specae.data.payne import LABEL_NAMES, PayneEmulator, default_payne_dir
+from specae.data.spectra import Spectra
+from specae.data.synthetic import add_noise, galaxy_spectra, galaxy_wave
+from specae.metrics import coverage, rmse
+
+SPECAE = {"vae-mlp": ("vae", "mlp"), "vae-conv": ("vae", "conv"), "ae": ("ae", "mlp")}
+METHODS = (*SPECAE, "pca", "sg", "spender")
+# Galaxy emission lines for the line-pixel figures [A, vacuum, rest frame]: [OII], Hbeta, [OIII], Halpha, [NII], [SII]
+EMISSION_LINES = (3727.09, 3729.88, 4862.69, 4960.30, 5008.24, 6549.86, 6564.61, 6585.27, 6718.29, 6732.68)
+LINE_HALF_WIDTH = 5.0        # A, rest frame
+LINE_MIN_EW = 20.0           # A, H-alpha emission equivalent width of galaxies whose line pixels count
+# Labels predicted from latents (R^2); skewed ones on a log scale so a few extremes do not dominate R^2
+R2_LABELS = {"payne": {"TEFF": None, "LOGG": None, "FE_H": None},
+             "galaxy": {"AGE": np.log10, "VDISP": None, "EBV": None, "HA_EW": np.log1p, "D4000": None}}
+RIDGE_ALPHA = 1.0            # on standardised latents: a guard against collinear latents, not a prior
+RIDGE_MAX_TRAIN = 5000       # training latents used for the ridge fit (encoding 1e5 spectra adds nothing)
+CHUNK = 10_000               # spectra generated per chunk (bounds the emulator's float64 temporaries)
+QUICK = {"n_train": 400, "n_test": 100, "pixels": "1000", "minutes": 0.3, "samples": 16, "spender_minutes": 0.3}
+
+
+@dataclass
+class Dataset:
+    """A benchmark set: noisy training spectra, noisy test spectra and their truth (N_test, npix)."""
+    name: str
+    train: Spectra
+    test: Spectra
+    truth: np.ndarray
+    evaluable: np.ndarray                 # (npix,) pixels any spectrum can have data at
+    lines: np.ndarray | None              # (N_test, npix) emission-line pixels (galaxies)
+    redshift: str | None                  # label holding z for the rest-frame models
+    emulator: PayneEmulator | None = None
+
+    def with_train(self, n: int) -> "Dataset":
+        return replace(self, train=self.train[:n])
+
+
+@dataclass
+class Output:
+    """One method's result on the test set: flux/sigma (N_test, npix) in the input's units (sigma None when
+    the method has none), latents of (a subset of) the training and of the test spectra, timings."""
+    flux: np.ndarray
+    sigma: np.ndarray | None = None
+    latents: tuple[np.ndarray, np.ndarray] | None = None    # (train subset, test)
+    labels: np.ndarray | None = None                        # oracle: fitted labels of the test spectra
+    train_minutes: float | None = None
+    denoise_seconds: float | None = None
+    info: dict = field(default_factory=dict)
+    is_input: bool = False                                  # the noisy input itself: values on valid pixels only
+
+
+def _window(npix: int, spec: str | None) -> slice:
+    """--pixels: "START:STOP" pixel indices, or "N" for N pixels centred on the grid; None for all."""
+    if not spec:
+        return slice(None)
+    if ":" in spec:
+        a, b = (int(v) if v else None for v in spec.split(":"))
+        return slice(a, b)
+    n = min(int(spec), npix)
+    return slice((npix - n) // 2, (npix - n) // 2 + n)
+
+
+def make_dataset(name: str, n_train: int, n_test: int, pixels: str | None = None, seed: int = 0) -> Dataset:
+    """The named set; the test set depends on (seed, n_test, pixels) only, so every training size and latent
+    size of a sweep is scored on the same spectra, and smaller training sets are prefixes of larger ones."""
+    if name == "payne":
+        directory = default_payne_dir()
+        if directory is None:
+            raise SystemExit("the Payne emulator files (../shared/data/payne or $SPECAE_PAYNE_DIR) are absent")
+        full = PayneEmulator(directory)
+        emu = full.subset(_window(full.npix, pixels))
+        test, clean = emu.mock(n_test, seed=[seed, 1])
+        train = Spectra.concatenate([emu.mock(min(CHUNK, n_train - a), seed=[seed, 0, a])[0]
+                                     for a in range(0, n_train, CHUNK)])
+        return Dataset(name, train, test, clean.flux, ~emu.bad_pixels, None, None, emu)
+    if name == "galaxy":
+        wave = galaxy_wave()
+        wave = wave[_window(wave.size, pixels)]
+        clean = galaxy_spectra(n_test, seed=[seed, 1], wave=wave)
+        test = add_noise(clean, seed=[seed, 2])
+        train = Spectra.concatenate([add_noise(galaxy_spectra(min(CHUNK, n_train - a), seed=[seed, 0, a], wave=wave),
+                                               seed=[seed, 3, a]) for a in range(0, n_train, CHUNK)])
+        return Dataset(name, train, test, clean.flux, np.ones(wave.size, bool), emission_line_pixels(test), "Z")
+    raise SystemExit(f"unknown set {name!r} (payne or galaxy)")
+
+
+def emission_line_pixels(s: Spectra) -> np.ndarray:
+    """(N, npix) bool: within LINE_HALF_WIDTH A (rest frame) of an EMISSION_LINES line, in galaxies whose
+    H-alpha EW exceeds LINE_MIN_EW A."""
+    rest = s.wave[None] / (1 + s.labels["Z"][:, None])
+    near = np.zeros(s.flux.shape, bool)
+    for line in EMISSION_LINES:
+        near |= np.abs(rest - line) < LINE_HALF_WIDTH
+    return near & (s.labels["HA_EW"] > LINE_MIN_EW)[:, None]
+
+
+# -- methods ------------------------------------------------------------------------------------------------
+
+
+def _ridge_subset(train: Spectra, seed: int) -> Spectra:
+    rng = np.random.default_rng(seed)
+    return train[np.sort(rng.choice(len(train), min(RIDGE_MAX_TRAIN, len(train)), replace=False))]
+
+
+def run_specae(ds: Dataset, method: str, args) -> dict[str, Output]:
+    """Train a specae model (method in SPECAE) and denoise the test set; with --combine also the variant
+    updated pixel by pixel with the data."""
+    from specae.denoise import denoise, encode
+    from specae.models.config import ModelConfig
+    from specae.train import TrainConfig, fit
+
+    kind, decoder = SPECAE[method]
+    fit_set, val = ds.train.split((0.9, 0.1), seed=args.seed)
+    model, hist = fit(fit_set, val, ModelConfig(npix=ds.train.npix, kind=kind, latent_dim=args.latent_dim,
+                                                decoder=decoder, redshift=ds.redshift),
+                      TrainConfig(epochs=args.epochs, max_minutes=args.minutes, seed=args.seed, device=args.device,
+                                  progress=False))
+    t0 = time.perf_counter()
+    d = denoise(model, ds.test, n_samples=args.samples)
+    seconds = time.perf_counter() - t0
+    # the amortised encoder's means: the model's latents as such, and no Laplace refinement (a Jacobian
+    # through the decoder per spectrum, minutes for the conv decoder on a CPU) is needed for a regression
+    latents = tuple(_latent_mean(encode(model, s, posterior="encoder")) for s in (_ridge_subset(ds.train, args.seed),
+                                                                                 ds.test))
+    info = {"epochs": len(hist["epoch"]), "best_val_chi2_dof": hist["best_val_chi2_dof"],
+            "unseen_fraction": float(np.mean(getattr(d, "unseen", False)))}
+    out = {method: Output(d.flux, d.sigma, latents, None, hist["minutes"], seconds, info)}
+    if args.combine and kind == "vae":              # the AE has no latent posterior to leave a pixel out of
+        dc = denoise(model, ds.test, n_samples=args.samples, combine=True)
+        out[method + "+combine"] = Output(dc.flux, dc.sigma, None, None, hist["minutes"], None, info)
+    return out
+
+
+def _latent_mean(encoded) -> np.ndarray:
+    """(N, K) latent means from specae.denoise.encode's result (a (mean, std) tuple or an object with .mean)."""
+    return encoded[0] if isinstance(encoded, tuple) else encoded.mean
+
+
+def run_pca(ds: Dataset, args) -> Output:
+    t0 = time.perf_counter()
+    pca = WeightedPCA(args.latent_dim, seed=args.seed).fit(ds.train)
+    minutes = (time.perf_counter() - t0) / 60
+    t0 = time.perf_counter()
+    flux, sigma = pca.denoise(ds.test)
+    seconds = time.perf_counter() - t0
+    latents = (pca.encode(_ridge_subset(ds.train, args.seed))[0], pca.encode(ds.test)[0])
+    return Output(flux, sigma, latents, None, minutes, seconds)
+
+
+def run_sg(ds: Dataset, args) -> Output:
+    t0 = time.perf_counter()
+    sg = SavitzkyGolay(seed=args.seed).fit(ds.train)
+    minutes = (time.perf_counter() - t0) / 60
+    t0 = time.perf_counter()
+    flux, sigma = sg.denoise(ds.test)
+    return Output(flux, sigma, None, None, minutes, time.perf_counter() - t0, {"window": sg.window_})
+
+
+def run_spender(ds: Dataset, args) -> Output:
+    fit_set, val = ds.train.split((0.9, 0.1), seed=args.seed)
+    peer = SpenderPeer(args.latent_dim, ds.redshift, minutes=args.spender_minutes or args.minutes,
+                       epochs=min(args.epochs, 200), device=args.device, seed=args.seed).fit(fit_set, val)
+    t0 = time.perf_counter()
+    flux = peer.denoise(ds.test)
+    seconds = time.perf_counter() - t0
+    latents = (peer.encode(_ridge_subset(ds.train, args.seed)), peer.encode(ds.test))
+    info = {k: peer.history_[k] for k in ("epochs", "planned_epochs", "batch_size")}
+    return Output(flux, None, latents, None, peer.history_["minutes"], seconds, info)
+
+
+def run_oracle(ds: Dataset) -> Output:
+    """The emulator fitted to each noisy test spectrum; sigma from the label covariance through the Jacobian."""
+    t0 = time.perf_counter()
+    labels, cov, flux = ds.emulator.fit(ds.test)
+    seconds = time.perf_counter() - t0
+    sigma = np.empty_like(flux)
+    for a in range(0, len(labels), 256):
+        jac = ds.emulator.jacobian(labels[a:a + 256])[1].astype(np.float64)
+        sigma[a:a + 256] = np.sqrt(np.einsum("npk,nkl,npl->np", jac, cov[a:a + 256], jac))
+    return Output(flux, sigma, None, labels, None, seconds)
+
+
+# -- figures --------------------------------------------------------------------------------------------------
+
+
+def ridge_r2(z_train, y_train, z_test, y_test, alpha: float = RIDGE_ALPHA) -> float:
+    """R^2 on the test set of a ridge regression y ~ 1 + z fitted on the training set (latents standardised
+    with the training mean and std; the intercept is not penalised). z (N, K), y (N,)."""
+    mu, sd = z_train.mean(0), z_train.std(0)
+    sd = np.where(sd > 0, sd, 1.0)
+    design = lambda z: np.column_stack([np.ones(len(z)), (z - mu) / sd])       # noqa: E731
+    x = design(z_train.astype(np.float64))
+    penalty = alpha * np.diag([0.0] + [1.0] * z_train.shape[1])
+    beta = np.linalg.solve(x.T @ x + penalty, x.T @ y_train)
+    return r2(design(z_test.astype(np.float64)) @ beta, y_test)
+
+
+def r2(pred, truth) -> float:
+    """Coefficient of determination 1 - SS_res / SS_tot."""
+    return float(1 - np.sum((truth - pred) ** 2) / np.sum((truth - np.mean(truth)) ** 2))
+
+
+def _label(ds: Dataset, spectra: Spectra, name: str) -> np.ndarray:
+    transform = R2_LABELS[ds.name][name]
+    value = spectra.labels[name].astype(np.float64)
+    return transform(value) if transform else value
+
+
+def score(ds: Dataset, out: Output, seed: int) -> dict:
+    """Figures of one method on the test set (None where they do not apply)."""
+    test, truth, flux = ds.test, ds.truth, out.flux
+    ev = np.broadcast_to(ds.evaluable, truth.shape)
+    valid, masked = ev & ~test.mask, ev & test.mask
+    lines = None if ds.lines is None else ds.lines & ev
+    noisy = out.is_input
+    where = {"all": valid if noisy else ev, "masked": None if noisy else masked,
+             "lines": None if lines is None else (lines & valid if noisy else lines)}
+    f = {f"rmse_{k}": (rmse(flux, truth, w) if w is not None and w.any() else None) for k, w in where.items()}
+    f["chi2_dof"] = None if noisy else float(np.mean((test.ivar * (flux - test.flux) ** 2)[valid]))
+    for k, w in where.items():
+        for n in (1, 2):
+            ok = out.sigma is not None and w is not None and w.any()
+            f[f"coverage_{n}sigma_{k}"] = coverage(flux, out.sigma, truth, n, w) if ok else None
+    names = list(R2_LABELS[ds.name])
+    if out.labels is not None:                           # the oracle's fitted labels themselves
+        r2s = {n: r2(out.labels[:, LABEL_NAMES.index(n)], _label(ds, test, n)) for n in names}
+    elif out.latents is not None:
+        sub = _ridge_subset(ds.train, seed)
+        r2s = {n: ridge_r2(out.latents[0], _label(ds, sub, n), out.latents[1], _label(ds, test, n)) for n in names}
+    else:
+        r2s = {n: None for n in names}
+    f["r2"] = {**r2s, "mean": None if None in r2s.values() else float(np.mean(list(r2s.values())))}
+    f.update(train_minutes=out.train_minutes, denoise_seconds=out.denoise_seconds, **out.info)
+    return f
+
+
+def row(ds: Dataset, method: str, f: dict | None, oracle_rmse: float | None, reason: str | None = None) -> dict:
+    """One Markdown table row; every row has the same keys."""
+    f = f or {}
+    g = lambda k: f.get(k)                                                     # noqa: E731
+    cells = {"method": method if reason is None else f"{method}: not installed ({reason})",
+             "RMSE": g("rmse_all"),
+             "RMSE/oracle": None if not (oracle_rmse and g("rmse_all")) else g("rmse_all") / oracle_rmse,
+             "RMSE masked": g("rmse_masked"), "RMSE lines": g("rmse_lines"), "chi2/dof": g("chi2_dof"),
+             "±1σ": g("coverage_1sigma_all"), "±2σ": g("coverage_2sigma_all"),
+             "±1σ masked": g("coverage_1sigma_masked"), "±2σ masked": g("coverage_2sigma_masked"),
+             "±1σ lines": g("coverage_1sigma_lines"), "±2σ lines": g("coverage_2sigma_lines")}
+    if ds.lines is None:
+        cells = {k: v for k, v in cells.items() if "lines" not in k}
+    if ds.emulator is None:
+        cells.pop("RMSE/oracle")
+    cells.update({f"R² {n}": (f.get("r2") or {}).get(n) for n in (*R2_LABELS[ds.name], "mean")})
+    cells.update({"train min": g("train_minutes"), "denoise s": g("denoise_seconds")})
+    return cells
+
+
+def evaluate(ds: Dataset, args, cache: dict | None = None) -> tuple[dict, list[dict], dict[str, Output]]:
+    """Run every requested method on `ds`: (figures per method, table rows, outputs). `cache` keeps the
+    training-independent results (noisy input, oracle) across the points of a sweep."""
+    cache = {} if cache is None else cache
+    if "noisy" not in cache:
+        cache["noisy"] = Output(ds.test.flux, is_input=True)
+        if ds.emulator is not None:
+            cache["oracle"] = run_oracle(ds)
+    outputs = {"noisy": cache["noisy"], **({"oracle": cache["oracle"]} if "oracle" in cache else {})}
+    unavailable = {}
+    for method in args.methods:
+        torch.manual_seed(args.seed)
+        t0 = time.perf_counter()
+        if method in SPECAE:
+            new = run_specae(ds, method, args)
+        elif method == "pca":
+            new = {method: run_pca(ds, args)}
+        elif method == "sg":
+            new = {method: run_sg(ds, args)}
+        elif method == "spender":
+            reason = spender_unavailable()
+            if reason:
+                unavailable[method], new = reason, {}
+            else:
+                new = {method: run_spender(ds, args)}
+        for out in new.values():                     # everything the method cost: training, calibration, scoring
+            out.info["wall_seconds"] = time.perf_counter() - t0
+        outputs.update(new)
+    figures = {name: score(ds, out, args.seed) for name, out in outputs.items()}
+    oracle = figures.get("oracle", {}).get("rmse_all")
+    rows = [row(ds, name, f, oracle) for name, f in figures.items()]
+    rows += [row(ds, name, None, None, reason) for name, reason in unavailable.items()]
+    return {"methods": figures, "unavailable": unavailable}, rows, outputs
+
+
+# -- plots ---------------------------------------------------------------------------------------------------
+
+
+def plot_rmse(figures: dict):
+    def draw(fig):
+        ax = fig.subplots()
+        names = [n for n, f in figures["methods"].items() if f["rmse_all"] is not None]
+        ax.bar(names, [figures["methods"][n]["rmse_all"] for n in names], color="C0")
+        ax.set_yscale("log")
+        ax.set_ylabel("RMSE to truth (flux units)")
+        ax.tick_params(axis="x", rotation=30)
+        ax.set_title("held-out spectra: all evaluable pixels (noisy: valid pixels)")
+    return draw
+
+
+def plot_example(ds: Dataset, outputs: dict[str, Output], width: int = 200):
+    """One test spectrum (the median-S/N one): `width` pixels around its middle masked pixel (if it has one)."""
+    i = int(np.argsort(ds.test.labels["SNR"])[len(ds.test) // 2])
+    masked = np.flatnonzero(ds.test.mask[i] & ds.evaluable)
+    centre = int(masked[len(masked) // 2]) if masked.size else ds.test.npix // 2
+    a = max(0, min(centre - width // 2, ds.test.npix - width))
+    sl = slice(a, a + width)
+
+    def draw(fig):
+        ax = fig.subplots()
+        w = ds.test.wave[sl]
+        valid = ~ds.test.mask[i, sl]
+        shown = np.where(ds.evaluable[sl], 1.0, np.nan)         # gaps where no spectrum has data
+        ax.plot(w[valid], ds.test.flux[i, sl][valid], ".", ms=2, color="0.6", label="noisy (valid pixels)")
+        ax.plot(w, ds.truth[i, sl] * shown, color="k", lw=1.2, label="truth")
+        for k, (name, out) in enumerate(o for o in outputs.items() if o[0] != "noisy"):
+            ax.plot(w, out.flux[i, sl] * shown, lw=0.9, color=f"C{k}", label=name)
+            if out.sigma is not None and name == "vae-mlp":
+                ax.fill_between(w, (out.flux - out.sigma)[i, sl] * shown, (out.flux + out.sigma)[i, sl] * shown,
+                                color=f"C{k}", alpha=0.2, lw=0, label=f"{name} ±1σ")
+        ax.set_xlabel("wavelength [Å]")
+        ax.set_ylabel("flux")
+        ax.legend(fontsize=7, ncol=2)
+        ax.set_title(f"test spectrum {i}, S/N {ds.test.labels['SNR'][i]:.0f}")
+    return draw
+
+
+def plot_sweep(param: str, values: list, per_value: list[dict], reference: str):
+    from matplotlib.ticker import FormatStrFormatter
+
+    def draw(fig):
+        ax = fig.subplots()
+        for k, name in enumerate(per_value[0]["methods"]):
+            if name in ("noisy", "oracle") or per_value[0]["methods"][name]["rmse_all"] is None:
+                continue
+            ratio = [f["methods"][name]["rmse_all"] / f["methods"][reference]["rmse_all"] for f in per_value]
+            ax.plot(values, ratio, "o-", color=f"C{k}", label=name)
+        ax.axhline(1, color="k", lw=0.8)
+        if param == "n-train":
+            ax.set_xscale("log")
+        ax.set_yscale("log")
+        lo, hi = ax.get_ylim()
+        if hi / lo < 10:                                  # within a decade: label the minor ticks as plain numbers
+            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.set_xlabel({"n-train": "training spectra", "latent": "latent size K"}[param])
+        ax.set_ylabel(f"RMSE / RMSE of the {reference}")
+        ax.legend(fontsize=8)
+    return draw
+
+
+# -- command line --------------------------------------------------------------------------------------------
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.splitlines()[0])
+    p.add_argument("--set", choices=("payne", "galaxy"), default="payne")
+    p.add_argument("--n-train", type=int, default=4000, help="training spectra (10%% of them validate)")
+    p.add_argument("--n-test", type=int, default=500)
+    p.add_argument("--latent-dim", type=int, default=6, help="K: latents of every model, components of PCA")
+    p.add_argument("--pixels", default=None, help='a window of the grid: "START:STOP" or "N" central pixels')
+    p.add_argument("--minutes", type=float, default=20.0, help="training budget per specae model")
+    p.add_argument("--spender-minutes", type=float, default=None, help="spender's budget (default --minutes)")
+    p.add_argument("--epochs", type=int, default=500, help="epoch cap per model (spender: at most 200)")
+    p.add_argument("--samples", type=int, default=64, help="posterior samples per spectrum (specae denoise)")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    p.add_argument("--combine", action="store_true", help="also score specae's denoise(..., combine=True)")
+    p.add_argument("--sweep", default=None, help='"n-train=1000,10000,100000" or "latent=4,6,8,12"')
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=None, help="results file name (default quality-<set>[-sweep-...][-quick])")
+    p.add_argument("--results-dir", default=None, help="default benchmarks/results")
+    if "--quick" in argv:
+        p.set_defaults(**QUICK)
+    args = p.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(args.methods) - set(METHODS)
+    if unknown:
+        p.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    if args.sweep:
+        param, _, values = args.sweep.partition("=")
+        if param not in ("n-train", "latent") or not values:
+            p.error('--sweep takes "n-train=N1,N2,..." or "latent=K1,K2,..."')
+        args.sweep = (param, [int(float(v)) for v in values.split(",")])
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; returns the paths written ({filename: Path})."""
+    started = time.perf_counter()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    command = " ".join(["python -m benchmarks.quality", *argv])
+    suffix = (f"-sweep-{args.sweep[0]}" if args.sweep else "") + ("-quick" if args.quick else "")
+    name = args.name or f"quality-{args.set}{suffix}"
+    n_max = max(args.sweep[1]) if args.sweep and args.sweep[0] == "n-train" else args.n_train
+    ds = make_dataset(args.set, n_max, args.n_test, args.pixels, args.seed)
+    base = {"set": args.set, "options": vars(args), "npix": ds.test.npix, "n_test": len(ds.test),
+            "wave_range": [float(ds.test.wave[0]), float(ds.test.wave[-1])]}
+    notes = [
+        "RMSE: to the noise-free truth over every pixel the data can constrain (masked pixels of single spectra "
+        "included; the emulator's always-masked APOGEE pixels excluded); the noisy input over its valid pixels.",
+        "chi2/dof: mean of ivar (denoised - noisy)^2 over the test spectra's valid pixels (1 = as close to the "
+        "data as the truth is; below 1 = fitting the noise).",
+        "±kσ: fraction of true values inside denoised ± k sigma (calibrated: 68.3 %, 95.4 %); – for methods "
+        "without sigma.",
+        "R²: ridge regression from training latents to the label, scored on the test set (oracle: its fitted "
+        "labels)" + "".join(f"; {k} as {v.__name__}" for k, v in R2_LABELS[args.set].items() if v) + ".",
+    ]
+    if args.set == "galaxy":
+        notes.append("Lines: pixels within 5 Å (rest) of [OII] 3727/3730, Hβ, [OIII] 4960/5008, Hα, [NII] "
+                     "6550/6585, [SII] 6718/6733 in galaxies with EW(Hα) > 20 Å. specae and spender decode "
+                     "in the rest frame (known z); PCA and Savitzky-Golay work in the observed frame.")
+
+    if not args.sweep:
+        figures, rows, outputs = evaluate(ds, args)
+        plots = {"rmse": plot_rmse(figures), "example": plot_example(ds, outputs)}
+        wall = {"wall_minutes": (time.perf_counter() - started) / 60}
+        return write_results(name, {**base, "n_train": len(ds.train), **figures, **wall}, rows, command, plots,
+                             args.results_dir, device, notes)
+
+    param, values = args.sweep
+    per_value, rows, cache = [], [], {}
+    for v in values:
+        point_args = replace_ns(args, latent_dim=v) if param == "latent" else args
+        point = ds.with_train(v) if param == "n-train" else ds
+        figures, point_rows, _ = evaluate(point, point_args, cache)
+        per_value.append({param: v, "n_train": len(point.train), **figures})
+        rows += [{param: v, **r} for r in point_rows]
+    reference = "oracle" if ds.emulator is not None else "noisy"
+    wall = {"wall_minutes": (time.perf_counter() - started) / 60}
+    return write_results(name, {**base, "sweep": param, "points": per_value, **wall}, rows, command,
+                         {"sweep": plot_sweep(param, values, per_value, reference)}, args.results_dir, device,
+                         notes)
+
+
+def replace_ns(ns: argparse.Namespace, **changes) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(ns), **changes})
+
+
+if __name__ == "__main__":
+    written = main()
+    print("\n".join(str(p) for p in written.values()))

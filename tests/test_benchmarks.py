@@ -1,0 +1,90 @@
+"""Smoke tests of the benchmark suite at a tiny size, and of its results writer."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks import quality, report
+
+from .conftest import shared_dir
+
+TINY = ["--n-train", "200", "--n-test", "40", "--pixels", "300", "--latent-dim", "3", "--epochs", "2",
+        "--samples", "8", "--seed", "1"]
+
+
+def _finite_numbers(value):
+    """Every number in a nested JSON structure (None is allowed: a figure that does not apply)."""
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _finite_numbers(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in _finite_numbers(v)]
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+def _check_stamp(written, name, argv):
+    data = json.loads(written[f"{name}.json"].read_text())
+    md = written[f"{name}.md"].read_text()
+    assert data["command"] == "python -m benchmarks.quality " + " ".join(argv)
+    assert data["machine"]["name"] and data["machine"]["torch"] and data["date"].endswith("UTC")
+    assert data["commit"] == report.git_commit() != ""
+    for text in (data["machine"]["name"], data["commit"], data["command"], data["date"], data["machine"]["torch"]):
+        assert text in md
+    assert all(math.isfinite(x) for x in _finite_numbers(data))
+    return data, md
+
+
+def test_quality_suite_on_the_emulator(tmp_path, one_thread):
+    shared_dir("payne")
+    argv = ["--set", "payne", *TINY, "--methods", "pca,sg,vae-mlp", "--results-dir", str(tmp_path)]
+    written = quality.main(argv)
+    assert {p.name for p in written.values()} == {"quality-payne.json", "quality-payne.md",
+                                                  "quality-payne-rmse.png", "quality-payne-example.png"}
+    data, md = _check_stamp(written, "quality-payne", argv)
+    m = data["figures"]["methods"]
+    assert set(m) == {"noisy", "oracle", "pca", "sg", "vae-mlp"} and data["figures"]["npix"] == 300
+    for name in ("oracle", "pca", "sg", "vae-mlp"):
+        assert m[name]["rmse_all"] < m["noisy"]["rmse_all"], name
+        assert 0 < m[name]["coverage_1sigma_all"] < m[name]["coverage_2sigma_all"] <= 1
+        assert m[name]["rmse_masked"] is not None and m[name]["chi2_dof"] > 0
+    assert m["oracle"]["rmse_all"] < 0.2 * m["noisy"]["rmse_all"] and m["oracle"]["r2"]["TEFF"] > 0.3
+    assert m["pca"]["r2"]["mean"] is not None and m["sg"]["r2"]["mean"] is None
+    assert len(data["table"]) == 5 and "| vae-mlp |" in md and "RMSE/oracle" in md
+
+
+def test_quality_suite_on_galaxies_names_a_missing_peer(tmp_path, monkeypatch):
+    monkeypatch.setattr(quality, "spender_unavailable", lambda: "ModuleNotFoundError: No module named 'spender'")
+    argv = ["--set", "galaxy", *TINY, "--methods", "pca,sg,spender", "--results-dir", str(tmp_path),
+            "--name", "galaxy-smoke"]
+    written = quality.main(argv)
+    data, md = _check_stamp(written, "galaxy-smoke", argv)
+    m = data["figures"]["methods"]
+    assert m["sg"]["rmse_lines"] is not None and m["noisy"]["coverage_1sigma_all"] is None
+    assert "spender" in data["figures"]["unavailable"]
+    assert "spender: not installed (ModuleNotFoundError: No module named 'spender')" in md
+    assert "R² HA_EW" in md and "RMSE lines" in md and "RMSE/oracle" not in md
+
+
+def test_sweep_writes_one_file_with_a_plot(tmp_path):
+    argv = ["--set", "galaxy", *TINY, "--methods", "pca", "--sweep", "n-train=60,200", "--results-dir",
+            str(tmp_path)]
+    written = quality.main(argv)
+    data, _ = _check_stamp(written, "quality-galaxy-sweep-n-train", argv)
+    assert [p["n_train"] for p in data["figures"]["points"]] == [60, 200]
+    assert "quality-galaxy-sweep-n-train-sweep.png" in {p.name for p in written.values()}
+    assert [r["n-train"] for r in data["table"]] == [60, 60, 200, 200]     # noisy and pca at each size
+
+
+def test_write_results_leaves_nothing_when_a_plot_fails(tmp_path):
+    def broken(fig):
+        raise RuntimeError("plot failed")
+
+    with pytest.raises(RuntimeError):
+        report.write_results("x", {"a": 1.0}, [{"m": "a"}], "cmd", {"p": broken}, results_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    written = report.write_results("x", {"a": np.float32(2.5), "b": float("nan"), "c": np.arange(2)},
+                                   [{"m": "a", "v": 0.000123}, {"m": "b", "v": None}], "cmd", results_dir=tmp_path)
+    data = json.loads(written["x.json"].read_text())
+    assert data["figures"] == {"a": 2.5, "b": None, "c": [0, 1]}
+    assert "| a | 1.23e-04 |" in written["x.md"].read_text() and "| b | – |" in written["x.md"].read_text()
