@@ -31,6 +31,7 @@ from specae.data.payne import LABEL_NAMES, PayneEmulator, default_payne_dir
 from specae.data.spectra import Spectra
 from specae.data.synthetic import add_noise, galaxy_spectra, galaxy_wave
 from specae.metrics import coverage, rmse
+from specae.regress import r2, ridge_fit
 
 SPECAE = {"vae-mlp": ("vae", "mlp"), "vae-conv": ("vae", "conv"), "ae": ("ae", "mlp")}
 METHODS = (*SPECAE, "pca", "sg", "spender")
@@ -130,19 +131,29 @@ def _ridge_subset(train: Spectra, seed: int) -> Spectra:
     return train[np.sort(rng.choice(len(train), min(RIDGE_MAX_TRAIN, len(train)), replace=False))]
 
 
-def run_specae(ds: Dataset, method: str, args) -> dict[str, Output]:
-    """Train a specae model (method in SPECAE) and denoise the test set; with --combine also the variant
-    updated pixel by pixel with the data."""
+def run_specae(ds: Dataset, method: str, args, overrides: dict | None = None) -> dict[str, Output]:
+    """Train a specae model (method in SPECAE, or a --variant of one, whose `overrides` set ModelConfig and
+    TrainConfig fields) and denoise the test set; with --combine also the variant updated pixel by pixel
+    with the data."""
+    from dataclasses import fields
+
     from specae.denoise import denoise, encode
     from specae.models.config import ModelConfig
     from specae.train import TrainConfig, fit
 
-    kind, decoder = SPECAE[method]
+    base, overrides = method, dict(overrides or {})
+    if method not in SPECAE:
+        base, overrides = args.variants[method]
+    kind, decoder = SPECAE[base]
+    model_keys = {f.name for f in fields(ModelConfig)}
     fit_set, val = ds.train.split((0.9, 0.1), seed=args.seed)
-    model, hist = fit(fit_set, val, ModelConfig(npix=ds.train.npix, kind=kind, latent_dim=args.latent_dim,
-                                                decoder=decoder, redshift=ds.redshift),
-                      TrainConfig(epochs=args.epochs, max_minutes=args.minutes, seed=args.seed, device=args.device,
-                                  progress=False))
+    model_cfg = ModelConfig(npix=ds.train.npix, kind=kind, latent_dim=args.latent_dim, decoder=decoder,
+                            redshift=ds.redshift)
+    train_cfg = TrainConfig(epochs=args.epochs, max_minutes=args.minutes, seed=args.seed, device=args.device,
+                            progress=False)
+    model_cfg = replace(model_cfg, **{k: v for k, v in overrides.items() if k in model_keys})
+    train_cfg = replace(train_cfg, **{k: v for k, v in overrides.items() if k not in model_keys})
+    model, hist = fit(fit_set, val, model_cfg, train_cfg)
     t0 = time.perf_counter()
     d = denoise(model, ds.test, n_samples=args.samples)
     seconds = time.perf_counter() - t0
@@ -150,7 +161,7 @@ def run_specae(ds: Dataset, method: str, args) -> dict[str, Output]:
     # through the decoder per spectrum, minutes for the conv decoder on a CPU) is needed for a regression
     latents = tuple(_latent_mean(encode(model, s, posterior="encoder")) for s in (_ridge_subset(ds.train, args.seed),
                                                                                  ds.test))
-    info = {"epochs": len(hist["epoch"]), "best_val_chi2_dof": hist["best_val_chi2_dof"],
+    info = {"epochs": len(hist["epoch"]), "best_epoch": hist["best_epoch"], "overrides": overrides,
             "unseen_fraction": float(np.mean(getattr(d, "unseen", False)))}
     out = {method: Output(d.flux, d.sigma, latents, None, hist["minutes"], seconds, info)}
     if args.combine and kind == "vae":              # the AE has no latent posterior to leave a pixel out of
@@ -212,20 +223,13 @@ def run_oracle(ds: Dataset) -> Output:
 
 
 def ridge_r2(z_train, y_train, z_test, y_test, alpha: float = RIDGE_ALPHA) -> float:
-    """R^2 on the test set of a ridge regression y ~ 1 + z fitted on the training set (latents standardised
-    with the training mean and std; the intercept is not penalised). z (N, K), y (N,)."""
+    """R^2 on the test set of a ridge regression y ~ 1 + z fitted on the training set, with the latents
+    standardised by the training mean and std (PCA coefficients and latents have different scales).
+    z (N, K), y (N,)."""
     mu, sd = z_train.mean(0), z_train.std(0)
     sd = np.where(sd > 0, sd, 1.0)
-    design = lambda z: np.column_stack([np.ones(len(z)), (z - mu) / sd])       # noqa: E731
-    x = design(z_train.astype(np.float64))
-    penalty = alpha * np.diag([0.0] + [1.0] * z_train.shape[1])
-    beta = np.linalg.solve(x.T @ x + penalty, x.T @ y_train)
-    return r2(design(z_test.astype(np.float64)) @ beta, y_test)
-
-
-def r2(pred, truth) -> float:
-    """Coefficient of determination 1 - SS_res / SS_tot."""
-    return float(1 - np.sum((truth - pred) ** 2) / np.sum((truth - np.mean(truth)) ** 2))
+    coef, intercept = ridge_fit((z_train - mu) / sd, y_train.astype(np.float64), alpha)
+    return r2((z_test - mu) / sd @ coef + intercept, y_test)
 
 
 def _label(ds: Dataset, spectra: Spectra, name: str) -> np.ndarray:
@@ -295,7 +299,7 @@ def evaluate(ds: Dataset, args, cache: dict | None = None) -> tuple[dict, list[d
     for method in args.methods:
         torch.manual_seed(args.seed)
         t0 = time.perf_counter()
-        if method in SPECAE:
+        if method in SPECAE or method in args.variants:
             new = run_specae(ds, method, args)
         elif method == "pca":
             new = {method: run_pca(ds, args)}
@@ -399,6 +403,9 @@ def parse(argv):
     p.add_argument("--samples", type=int, default=64, help="posterior samples per spectrum (specae denoise)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--combine", action="store_true", help="also score specae's denoise(..., combine=True)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD:KEY=VALUE,...",
+                   help="a specae method with ModelConfig/TrainConfig fields changed, e.g. "
+                        "heldout=vae-mlp:monitor=heldout_chi2_dof (repeatable; added to --methods)")
     p.add_argument("--sweep", default=None, help='"n-train=1000,10000,100000" or "latent=4,6,8,12"')
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
@@ -411,7 +418,15 @@ def parse(argv):
         p.set_defaults(**QUICK)
     args = p.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = set(args.methods) - set(METHODS)
+    args.variants = {}
+    for spec in args.variant:
+        name, _, rest = spec.partition("=")
+        base, _, settings = rest.partition(":")
+        if base not in SPECAE or not name:
+            p.error(f"--variant {spec!r}: expected NAME=METHOD:KEY=VALUE,... with METHOD one of {', '.join(SPECAE)}")
+        args.variants[name] = (base, {k: _value(v) for k, _, v in (kv.partition("=") for kv in settings.split(",") if kv)})
+        args.methods.append(name)
+    unknown = set(args.methods) - set(METHODS) - set(args.variants)
     if unknown:
         p.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
     if args.sweep:
@@ -472,6 +487,16 @@ def main(argv: list[str] | None = None) -> dict:
     return write_results(name, {**base, "sweep": param, "points": per_value, **wall}, rows, command,
                          {"sweep": plot_sweep(param, values, per_value, reference)}, args.results_dir, device,
                          notes)
+
+
+def _value(text: str):
+    """A --variant value: a number, a boolean, None, or else the string itself."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
 def replace_ns(ns: argparse.Namespace, **changes) -> argparse.Namespace:

@@ -16,7 +16,7 @@ from specae.data.spectra import Spectra
 from specae.data.tensors import Batch, on_grid, to_batch, window_mask
 from specae.engine.runtime import Runtime
 from specae.errors import SpecaeError
-from specae.uncertainty import SCALE_INDEX, latent_variance, pixel_cov_factor, student_factor
+from specae.uncertainty import SCALE_INDEX, pixel_cov_factor, spd_cholesky, student_factor
 from specae.uncertainty import posterior as latent_posterior
 
 
@@ -33,7 +33,7 @@ class Denoised:
     sigma_latent: np.ndarray  # (N, npix) the latent-posterior part alone
     inpainted: np.ndarray     # (N, npix) bool: the input pixel was masked; the value is the model's alone
     unseen: np.ndarray        # (N, npix) bool: the model never saw this wavelength; no estimate
-    cov_factor: np.ndarray | None = None   # (N, npix, K): latent part of the pixel covariance = L L^T
+    cov_factor: np.ndarray | None = None   # (N, npix, K+1): posterior part of the pixel covariance = L L^T
 
 
 @dataclass
@@ -84,15 +84,31 @@ def rows_per_batch(model, n_draws: int = 1, budget: int | None = None) -> int:
     return int(np.clip(budget // per_row, 1, 1 << 16))
 
 
+def sigma_points(model, post, z=None):
+    """Mean, variance (B, npix) of the model spectrum and its rms decoder scatter under a Gaussian
+    posterior of (z, t), by the unscented transform: the 2P points mean +- sqrt(P) (columns of the
+    Cholesky factor) match the posterior's mean and covariance exactly and capture the decoder's curvature
+    to second order, with no sampling noise, so the result does not depend on a number of draws."""
+    theta, cov = post.params()
+    p, b, k = theta.shape[1], theta.shape[0], post.mean.shape[1]
+    cols = (p ** 0.5) * spd_cholesky(cov).float().transpose(1, 2)                  # (B, P, P): row j = column j
+    pts = torch.cat([theta[:, None] + cols, theta[:, None] - cols], 1).reshape(-1, p)   # (B 2P, P)
+    red = None if z is None else z.repeat_interleave(2 * p)
+    mus, sigs = model.decode(pts[:, :k], red)
+    amp = pts[:, k:].exp() if p > k else 1.0
+    mus, sigs = (amp * mus.float()).view(b, 2 * p, -1), (amp * sigs.float()).view(b, 2 * p, -1)   # (B, 2P, n)
+    return mus.mean(1), mus.var(1, unbiased=False), (sigs ** 2).mean(1).sqrt()
+
+
 @torch.no_grad()
 def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, gen=None, combine: bool = False,
                   covariance: bool = False) -> dict[str, torch.Tensor]:
     """Model-space posterior predictive for one batch: flux, var_latent, var_model (B, npix), calibrated
     with the model's sigma factors, plus `factor` (B, npix, K) if `covariance`.
 
-    kind "laplace"/"decoder": the posterior is propagated through the decoder's exact Jacobian (no
-    draws needed); "encoder": `n_samples` draws of q(z|x), their unbiased variance widened for the
-    Monte Carlo error and the small-sample quantile (`student_factor`). `combine` updates each pixel with
+    kind "laplace"/"decoder": the posterior is propagated through the decoder by its sigma points
+    (`sigma_points`: deterministic, no draws needed); "encoder": `n_samples` draws of q(z|x), their
+    unbiased variance widened for the Monte Carlo error and the small-sample quantile (`student_factor`). `combine` updates each pixel with
     its own measurement: the model's prediction of that pixel from all the *other* pixels (the Laplace
     posterior with the pixel left out, a rank-one downdate) is averaged with the measurement by their
     precisions, so no pixel is counted twice.
@@ -102,10 +118,10 @@ def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, g
     a, bb = scale[SCALE_INDEX.get(post.kind, 0)], scale[SCALE_INDEX["model"]]
     out = {}
     if at is not None:
-        mu, sig, jac = at
-        var_lat = latent_variance(jac, post.cov)
+        _, _, jac = at
+        mu, var_lat, sig = sigma_points(model, post, b.z)
         if covariance:
-            out["factor"] = a * pixel_cov_factor(jac, post.cov)
+            out["factor"] = a * pixel_cov_factor(jac, post.params()[1])
     elif post.kind == "encoder":
         if n_samples < 2:
             raise SpecaeError("the encoder posterior needs at least 2 draws (--samples) to estimate its spread")

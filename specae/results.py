@@ -15,7 +15,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from specae.data.hdf5 import FORMAT_VERSION, H5Spectra, atomic_path, write_ids_labels
+from specae.data.hdf5 import FORMAT_VERSION, H5Spectra, atomic_path, default_chunk_rows, write_ids_labels
 from specae.data.spectra import Spectra
 from specae.errors import SpecaeError
 
@@ -24,8 +24,10 @@ def map_h5(src_path, out_path, fn: Callable[[Spectra], dict], block_rows: int = 
            attrs: dict | None = None) -> int:
     """Write fn(rows of `src_path`) for all rows into `out_path`; returns the number of spectra.
 
-    fn returns {name: array (B, ...)}; `wave` (Angstrom) and `attrs` are written as they are, ids and
-    labels are copied from the input. Datasets of two or more dimensions are chunked by rows.
+    fn returns {name: array (B, ...)}; `wave` (Angstrom) and `attrs` are written as they are and ids are
+    copied from the input. Labels are copied from the input too, unless fn returns entries named
+    "labels/NAME": then the output's labels are those (e.g. predicted labels). Datasets of two or more
+    dimensions are chunked by rows like spectra (specae.data.hdf5.default_chunk_rows).
     """
     with H5Spectra(src_path) as src, atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         n = len(src)
@@ -35,23 +37,30 @@ def map_h5(src_path, out_path, fn: Callable[[Spectra], dict], block_rows: int = 
         if wave is not None:
             f.create_dataset("wave", data=np.asarray(wave, dtype=np.float64))
         ids, labels, made = [], {}, False
+        rows = default_chunk_rows(src.shape[1])
         for start in range(0, n, block_rows):
             part = src.read(slice(start, start + block_rows))
             out = fn(part)
+            own = {k[len("labels/"):]: v for k, v in out.items() if k.startswith("labels/")}
             if not made:
                 for k, v in out.items():
                     v = np.asarray(v)
-                    f.create_dataset(k, shape=(n,) + v.shape[1:], dtype=v.dtype,
-                                     chunks=(min(max(n, 1), 256),) + v.shape[1:] if v.ndim > 1 and n else None)
+                    if not k.startswith("labels/"):
+                        f.create_dataset(k, shape=(n,) + v.shape[1:], dtype=v.dtype,
+                                         chunks=(min(max(n, 1), rows),) + v.shape[1:] if v.ndim > 1 and n else None)
                 made = True
             for k, v in out.items():
-                f[k][start:start + len(part)] = v
+                if not k.startswith("labels/"):
+                    f[k][start:start + len(part)] = v
             ids.append(part.ids)
-            for k, v in part.labels.items():
-                labels.setdefault(k, []).append(v)
+            for k, v in (own or part.labels).items():
+                labels.setdefault(k, []).append(np.asarray(v))
         if not made:   # no rows: write what an empty call returns, so the layout is the same
             for k, v in fn(src.read(slice(0, 0))).items():
-                f.create_dataset(k, data=np.asarray(v))
+                if k.startswith("labels/"):
+                    labels[k[len("labels/"):]] = [np.asarray(v)]
+                else:
+                    f.create_dataset(k, data=np.asarray(v))
         write_ids_labels(f, np.concatenate(ids) if ids else np.zeros(0, str),
                          {k: np.concatenate(v) for k, v in labels.items()})
     return n

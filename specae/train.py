@@ -40,6 +40,10 @@ class TrainConfig(EngineConfig):
     free_bits: float = 0.0             # minimum KL per latent dimension [nats]
     val_fraction: float = 0.1          # used when no validation set is given
     augment: float = 0.5               # probability of hiding a random chunk from the encoder
+    noise_augment: float = 0.0         # probability of showing the encoder the spectrum at lower S/N
+    beta_nll: float = 0.0              # beta-NLL weight on the learned scatter (specae.models.vae.gaussian_nll)
+    holdout: float = 0.1               # fraction of validation pixels hidden and predicted from the rest
+    monitor: str = "chi2_dof"          # validation figure that picks the best epoch: chi2_dof | heldout_chi2_dof
     init_rows: int = 5000              # rows sampled for the PCA start and the normalisation statistics
     calib_rows: int = 2000             # validation rows used to calibrate sigma
     num_workers: int = 2               # DataLoader workers when streaming from HDF5
@@ -71,7 +75,7 @@ def build_model(sample: Spectra, cfg: ModelConfig, z_all: np.ndarray | None = No
     cfg = replace(cfg, enc_pca=min(max(cfg.enc_pca, cfg.latent_dim), len(sample)))
     model = SpectrumVAE(cfg, sample.wave, wave_rest)
     pca = WeightedPCA(cfg.enc_pca, n_iter=10, seed=0).fit(norm)
-    mean = np.where(pca.covered_, pca.mean_, _weighted_mean(norm.flux, norm.ivar))
+    mean = _weighted_mean(norm.flux, norm.ivar)
     var = np.maximum(pca.explained_variance_, 1e-12)
     with torch.no_grad():
         model.decoder.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
@@ -93,6 +97,17 @@ def _weighted_mean(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 # -- the objective ---------------------------------------------------------------------------------------
+def add_noise(x: torch.Tensor, ivar: torch.Tensor, prob: float, gen: torch.Generator):
+    """In a fraction `prob` of the rows, the spectrum at a lower S/N: extra noise drawn from its own ivar
+    so the variance grows by a factor f in [1, 4] (S/N down to half), ivar divided by f. Returns x, ivar."""
+    b = x.shape[0]
+    u = torch.rand(b, 2, generator=gen, device=x.device)
+    f = 1 + 3 * u[:, :1] * (u[:, 1:] < prob)                                     # (B, 1)
+    extra = torch.randn(x.shape, generator=gen, device=x.device) * ((f - 1) / ivar.clamp_min(1e-30)).sqrt()
+    valid = ivar > 0
+    return torch.where(valid, x + extra, x), ivar / f
+
+
 def hide_chunks(ivar: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
     """Zero a random chunk (up to 10 % of the pixels) in a fraction `prob` of the rows; random numbers
     drawn on the device."""
@@ -107,11 +122,11 @@ class VAEObjective(Objective):
     """The VAE/AE step: heteroscedastic Gaussian likelihood (+ KL with warm-up and free bits for the VAE),
     per pixel so the learning rate does not depend on npix; validation chi2/dof of the posterior mean."""
 
-    monitor = "chi2_dof"
     schedule = "cosine"
 
     def __init__(self, model: SpectrumVAE, cfg: TrainConfig):
         self.model, self.cfg = model, cfg
+        self.monitor = cfg.monitor
 
     def modules(self):
         return {"model": self.model}
@@ -128,9 +143,13 @@ class VAEObjective(Objective):
         x, ivar, z = batch["x"], batch["ivar"], batch.get("z")
         vae = self.model.cfg.kind == "vae"
         eps = torch.randn(x.shape[0], self.model.cfg.latent_dim, generator=ctx.generator, device=x.device) if vae else None
+        x_enc, ivar_enc = x, ivar
+        if self.cfg.noise_augment:
+            x_enc, ivar_enc = add_noise(x, ivar, self.cfg.noise_augment, ctx.generator)
+        ivar_enc = hide_chunks(ivar_enc, self.cfg.augment, ctx.generator)
         with ctx.autocast():
-            mu, sigma, mean, logvar = ctx.trained("model")(x, ivar, z, hide_chunks(ivar, self.cfg.augment, ctx.generator), eps)
-        nll = gaussian_nll(x, ivar, mu, sigma)
+            mu, sigma, mean, logvar = ctx.trained("model")(x, ivar, z, ivar_enc, eps, x_enc)
+        nll = gaussian_nll(x, ivar, mu, sigma, self.cfg.beta_nll)
         beta = self.cfg.beta * min(1.0, (ctx.epoch + 1) / max(self.cfg.kl_warmup, 1))
         kl = kl_normal(mean, logvar, self.cfg.free_bits) if vae else torch.zeros_like(nll)
         loss = (nll + beta * kl).mean() / self.model.cfg.npix
@@ -138,15 +157,24 @@ class VAEObjective(Objective):
         return {"loss": loss.detach() * self.model.cfg.npix}
 
     def eval_step(self, batch, ctx):
+        """Sums for chi2/dof of the reconstruction, the negative ELBO, and the chi2/dof of held-out pixels:
+        a random `holdout` of the valid pixels (the same ones every epoch: the generator is reseeded for
+        each evaluation) hidden from the encoder and predicted from the rest, an honest test of the model
+        on pixels it did not fit."""
         x, ivar, z = batch["x"], batch["ivar"], batch.get("z")
         mu, sigma, mean, logvar = self.model(x, ivar, z)
         nll = gaussian_nll(x, ivar, mu, sigma)
         kl = kl_normal(mean, logvar) if logvar is not None else torch.zeros_like(nll)
         c, n = chi2(x, ivar, mu)
-        return {"chi2": c, "n_valid": n.double(), "loss": (nll + kl).sum(), "count": torch.tensor(float(len(x)))}
+        hold = (torch.rand(x.shape, generator=ctx.generator, device=x.device) < self.cfg.holdout) & (ivar > 0)
+        mu_h, _, _, _ = self.model(x, torch.where(hold, 0.0, ivar), z)
+        c_h, n_h = chi2(x, torch.where(hold, ivar, 0.0), mu_h)
+        return {"chi2": c, "n_valid": n.double(), "loss": (nll + kl).sum(), "count": torch.tensor(float(len(x))),
+                "chi2_held": c_h, "n_held": n_h.double()}
 
     def summarise(self, sums):
-        return {"chi2_dof": sums["chi2"] / max(sums["n_valid"], 1), "loss": sums["loss"] / max(sums["count"], 1)}
+        return {"chi2_dof": sums["chi2"] / max(sums["n_valid"], 1), "loss": sums["loss"] / max(sums["count"], 1),
+                "heldout_chi2_dof": sums["chi2_held"] / max(sums["n_held"], 1)}
 
     def export(self, directory, history):
         save_model(self.model, directory, history)

@@ -39,28 +39,48 @@ KINDS = ("laplace", "decoder", "encoder")
 SCALE_INDEX = {"laplace": 0, "decoder": 0, "encoder": 1, "model": 2}   # entries of model.sigma_scale
 
 
+# Prior std of each spectrum's log amplitude: the normalisation (a median of noisy flux) is uncertain by
+# about 1 / (S/N sqrt(npix)); a wide prior lets the spectrum's own pixels set its level with the latents.
+SCALE_PRIOR = 0.1
+
+
 @dataclass
 class LatentPosterior:
-    """Gaussian posterior over the latents of B spectra."""
+    """Gaussian posterior over the latents of B spectra (and, for laplace/decoder, each spectrum's log
+    amplitude t: the model spectrum is exp(t) mu(z), which absorbs the error of the normalisation)."""
     mean: torch.Tensor        # (B, K) posterior mean (the mode, for laplace/decoder)
     cov: torch.Tensor         # (B, K, K) float64 covariance (zeros for the AE's point estimate)
     kind: str
+    log_scale: torch.Tensor | None = None    # (B,) t, the log amplitude
+    joint_cov: torch.Tensor | None = None    # (B, K+1, K+1) float64 covariance of (z, t)
 
     @property
     def std(self) -> torch.Tensor:
         """(B, K) marginal standard deviations."""
         return torch.diagonal(self.cov, dim1=1, dim2=2).clamp_min(0).sqrt()
 
+    def params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P) parameter mean and (B, P, P) covariance: (z, t) when the amplitude is fitted, else z."""
+        if self.log_scale is None:
+            return self.mean, self.cov
+        return torch.cat([self.mean, self.log_scale[:, None].to(self.mean.dtype)], 1), self.joint_cov
 
-def _pixel_weights(ivar: torch.Tensor, sigma_model: torch.Tensor) -> torch.Tensor:
+    def neg_log_prior(self) -> torch.Tensor:
+        """(B,) 0.5 |z|^2 (+ 0.5 t^2 / SCALE_PRIOR^2): minus the log prior, up to its constant."""
+        out = 0.5 * (self.mean.double() ** 2).sum(1)
+        return out if self.log_scale is None else out + 0.5 * (self.log_scale.double() / SCALE_PRIOR) ** 2
+
+
+def pixel_weights(ivar: torch.Tensor, sigma_model: torch.Tensor) -> torch.Tensor:
     """1 / (1/ivar + sigma_model^2) on valid pixels, 0 on masked ones: each pixel's weight in the fit."""
     valid = ivar > 0
     return torch.where(valid, 1 / (1 / ivar.clamp_min(1e-30) + sigma_model.float() ** 2), torch.zeros_like(ivar))
 
 
-def _neg_log_post(x, w, mu, latent) -> torch.Tensor:
-    """(B,) 0.5 sum w (x - mu)^2 + 0.5 |z|^2, the objective the posterior mode minimises."""
-    return 0.5 * (w * (x - mu.float()) ** 2).sum(1) + 0.5 * (latent.float() ** 2).sum(1)
+def _neg_log_post(x, w, mu, theta, prior) -> torch.Tensor:
+    """(B,) 0.5 sum w (x - mu)^2 + 0.5 theta^T P theta, the objective the posterior mode minimises
+    (theta (B, P) the parameters, prior (P,) the diagonal prior precision P)."""
+    return 0.5 * (w * (x - mu.float()) ** 2).sum(1) + 0.5 * (theta.double() ** 2 * prior).sum(1)
 
 
 def spd_cholesky(a: torch.Tensor) -> torch.Tensor:
@@ -83,40 +103,50 @@ def spd_cholesky(a: torch.Tensor) -> torch.Tensor:
 
 
 def laplace(model, x, ivar, z=None, start=None, n_steps: int = 3, damping: float = 0.0, tol: float = 0.0):
-    """Posterior mode by (damped) Gauss-Newton from `start` (default the encoder mean), and its Laplace
-    covariance. x, ivar (B, npix) model space; z (B,) redshifts in redshift mode.
+    """Posterior mode of the latents and the log amplitude by (damped) Gauss-Newton from `start` (default
+    the encoder mean; amplitude 1), and its Laplace covariance. x, ivar (B, npix) model space; z (B,)
+    redshifts in redshift mode.
 
     A step is kept only for spectra whose objective drops; with `damping` > 0 (Levenberg-Marquardt) a
     rejected spectrum's damping grows tenfold and an accepted one's shrinks, and iteration stops early
-    once no objective changes by more than `tol` (relative). Returns the posterior and, at its mean,
-    mu, sigma_model (B, npix) and the Jacobian d mu / dz (K, B, npix), for propagation to the pixels.
+    once no objective changes by more than `tol` (relative). Returns the posterior and, at its mean, the
+    model spectrum exp(t) mu, its scatter exp(t) sigma_model (B, npix) and the Jacobian of the model
+    spectrum with respect to (z, t) (K+1, B, npix), for propagation to the pixels.
     """
     if start is None:
         start, _ = model.encode(x, ivar, z)
-    lat = start.float().detach().clone()
-    k = lat.shape[1]
-    eye = torch.eye(k, dtype=torch.float64, device=lat.device)
-    lam = torch.full((lat.shape[0],), float(damping), dtype=torch.float64, device=lat.device)
+    k, b = start.shape[1], start.shape[0]
+    theta = torch.cat([start.float().detach(), torch.zeros(b, 1, device=start.device)], 1)   # (B, K+1): z, t
+    prior = torch.tensor([1.0] * k + [SCALE_PRIOR ** -2], dtype=torch.float64, device=start.device)
+
+    def model_spectrum(th):
+        mu, sig, jac = model.decoder.forward_and_jacobian(th[:, :k], z)
+        amp = th[:, k:].exp()
+        mu, sig = amp * mu.float(), amp * sig.float()
+        return mu, sig, torch.cat([amp[None] * jac.float(), mu[None]])                          # (K+1, B, n)
+
+    lam = torch.full((b,), float(damping), dtype=torch.float64, device=start.device)
     converged = False
     for step in range(n_steps + 1):
-        mu, sig, jac = model.decoder.forward_and_jacobian(lat, z)
-        w = _pixel_weights(ivar, sig)
+        mu, sig, jac = model_spectrum(theta)
+        w = pixel_weights(ivar, sig)
         jd, wd = jac.double(), w.double()
-        hess = torch.einsum("kbn,bn,lbn->bkl", jd, wd, jd) + eye                              # (B, K, K)
+        hess = torch.einsum("kbn,bn,lbn->bkl", jd, wd, jd) + torch.diag(prior)                  # (B, K+1, K+1)
         if step == n_steps or converged:
             break
-        grad = torch.einsum("kbn,bn->bk", jd, wd * (x.double() - mu.double())) - lat.double()
+        grad = torch.einsum("kbn,bn->bk", jd, wd * (x.double() - mu.double())) - prior * theta.double()
         chol = spd_cholesky(hess + lam[:, None, None] * torch.diag_embed(torch.diagonal(hess, dim1=1, dim2=2)))
-        trial = lat + torch.cholesky_solve(grad[..., None], chol)[..., 0].float()
-        mu_t, _ = model.decode(trial, z)
-        before, after = _neg_log_post(x, w, mu, lat), _neg_log_post(x, w, mu_t, trial)
+        trial = theta + torch.cholesky_solve(grad[..., None], chol)[..., 0].float()
+        mu_t, _ = model.decode(trial[:, :k], z)
+        mu_t = trial[:, k:].exp() * mu_t.float()
+        before, after = _neg_log_post(x, w, mu, theta, prior), _neg_log_post(x, w, mu_t, trial, prior)
         better = after < before
-        lat = torch.where(better[:, None], trial, lat)
+        theta = torch.where(better[:, None], trial, theta)
         if damping > 0:
             lam = torch.where(better, lam / 10, lam * 10)
             converged = tol > 0 and not bool(((before - after).abs() > tol * before.abs()).any())
     cov = torch.cholesky_inverse(spd_cholesky(hess))
-    return LatentPosterior(lat, cov, "laplace"), (mu, sig, jac)
+    return LatentPosterior(theta[:, :k], cov[:, :k, :k], "laplace", theta[:, k], cov), (mu, sig, jac)
 
 
 @torch.no_grad()
@@ -135,18 +165,14 @@ def posterior(model, x, ivar, z=None, kind: str = "laplace"):
         return LatentPosterior(mean.float(), torch.diag_embed(logvar.double().exp()), "encoder"), None
     if kind == "decoder":
         post, at = laplace(model, x, ivar, z, mean, n_steps=30, damping=1e-3, tol=1e-6)
-        return LatentPosterior(post.mean, post.cov, "decoder"), at
+        post.kind = "decoder"
+        return post, at
     return laplace(model, x, ivar, z, mean)
 
 
-def latent_variance(jac: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
-    """(B, npix) diag(J cov J^T): the latent posterior's variance at each pixel (linearised decoder).
-    jac (K, B, npix), cov (B, K, K)."""
-    return torch.einsum("kbn,bkl,lbn->bn", jac.double(), cov, jac.double()).clamp_min(0).float()
-
-
 def pixel_cov_factor(jac: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
-    """(B, npix, K) factor L with L L^T the latent part of the pixel covariance (low rank, K)."""
+    """(B, npix, P) factor L with L L^T the posterior's part of the pixel covariance (rank P, the latents and
+    the amplitude), linearised: jac (P, B, npix), cov (B, P, P)."""
     return torch.einsum("kbn,blk->bnl", jac.double(), spd_cholesky(cov)).float()
 
 

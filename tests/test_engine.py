@@ -133,7 +133,7 @@ def test_resume_after_a_finished_run_continues_from_its_last_epoch(stars, tmp_pa
     import specae.engine.loop
 
     out = tmp_path / "m"
-    scores = iter([0.5, 2.0, 3.0, 1.0, 1.0])   # the best epoch (0) is not the last one (2)
+    scores = iter([9.0, 0.5, 2.0, 3.0, 1.0, 1.0])   # start, then the best epoch (0) is not the last one (2)
     real = specae.engine.loop.evaluate
     monkeypatch.setattr(specae.engine.loop, "evaluate",
                         lambda *a, **k: {**real(*a, **k), "chi2_dof": next(scores)})
@@ -246,8 +246,8 @@ RANK_SCRIPT = textwrap.dedent("""
 def torchrun(tmp_path, nproc, *args):
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                        "--master_port", str(29500 + os.getpid() % 1000), str(script), *map(str, args)],
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+                        str(script), *map(str, args)],
                        env=env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
 
@@ -397,3 +397,28 @@ def test_output_write_failures_are_one_line_errors(stars, tmp_path, capsys, monk
         assert str(out) in err and not out.exists() and not list(tmp_path.glob(".d.h5*"))
     with h5py.File(data) as f:
         assert f["flux"].shape == (5, WAVE.size)
+
+
+def test_moving_average_of_the_weights_is_what_is_evaluated_and_kept(stars, tmp_path, monkeypatch):
+    import specae.engine.loop
+
+    scores = iter([9.0, 3.0, 2.0, 1.0])   # every epoch improves: the last one is kept
+    evaluated = []
+    real = specae.engine.loop.evaluate
+
+    def fake(objective, *a, **k):
+        evaluated.append({n: p.detach().clone() for n, p in objective.model.named_parameters()})
+        real(objective, *a, **k)
+        return {"chi2_dof": next(scores), "loss": 0.0}
+
+    monkeypatch.setattr(specae.engine.loop, "evaluate", fake)
+    out = tmp_path / "m"
+    model, history = fit(stars, model_cfg=small_cfg(), cfg=TrainConfig(epochs=3, batch_size=16, ema=0.9,
+                                                                       progress=False), out_dir=out)
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    for n, avg in zip(names, state["average"]):
+        assert torch.equal(dict(model.named_parameters())[n].detach(), avg), n    # the average is kept
+        assert torch.equal(evaluated[-1][n], avg), n                              # ... and was evaluated
+    live = state["modules"]["model"]
+    assert any(not torch.equal(live[n], avg) for n, avg in zip(names, state["average"]))

@@ -302,14 +302,17 @@ def test_time_budget_stops_after_one_epoch(stars, tmp_path):
 
 def test_early_stopping_with_patience(stars, monkeypatch):
     # validation never improves after the first epoch -> stop `patience` epochs later, keep epoch 0
+    # (a tie with the untrained start keeps the trained epoch)
     monkeypatch.setattr(specae.engine.loop, "evaluate", lambda *a, **k: {"chi2_dof": 1.0, "loss": 0.0})
     _, history = fit(stars, model_cfg=small_cfg(), cfg=tcfg(epochs=30, patience=2))
-    assert history["epoch"] == [0, 1, 2]
+    assert history["epoch"] == [0, 1, 2] and history["start"] == {"val_chi2_dof": 1.0, "val_loss": 0.0}
     assert history["stopped"] == "early stopping" and history["best_epoch"] == 0
 
 
-def test_early_stopping_restores_the_best_weights(stars, monkeypatch):
-    scores = iter([0.5, 2.0, 3.0, 4.0, 5.0])
+@pytest.mark.parametrize("start_is_best", [True, False])
+def test_early_stopping_restores_the_best_weights(stars, monkeypatch, start_is_best):
+    # the untrained start is scored first: when no epoch beats it, it is what the model ends as
+    scores = iter([0.5, 2.0, 3.0, 4.0, 5.0] if start_is_best else [9.0, 0.5, 2.0, 3.0, 4.0, 5.0])
     snapshots = []
     real = specae.engine.loop.evaluate
 
@@ -320,13 +323,15 @@ def test_early_stopping_restores_the_best_weights(stars, monkeypatch):
 
     monkeypatch.setattr(specae.engine.loop, "evaluate", fake)
     model, history = fit(stars, model_cfg=small_cfg(), cfg=tcfg(epochs=30, patience=3))
-    assert history["epoch"] == [0, 1, 2, 3] and history["best_epoch"] == 0
+    assert history["epoch"] == [0, 1, 2, 3]
+    assert history["best_epoch"] == (-1 if start_is_best else 0)
+    best = snapshots[0 if start_is_best else 1]   # the start's evaluation, or epoch 0's
     for k, v in model.state_dict().items():
         if k != "sigma_scale":   # calibrated after the best weights are restored
-            assert torch.equal(v, snapshots[0][k]), k
+            assert torch.equal(v, best[k]), k
 
 
-def nan_nll(x, ivar, mu, sigma):
+def nan_nll(x, ivar, mu, sigma, beta=0.0):
     return torch.full((x.shape[0],), float("nan"))
 
 

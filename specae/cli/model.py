@@ -64,7 +64,7 @@ def _train(args) -> None:
           f"model in {args.output}")
 
 
-def _run_files(args, fn, wave=None, attrs=None, verb="processed", detail="") -> None:
+def run_files(args, fn, wave=None, attrs=None, verb="processed", detail="") -> None:
     """Apply `fn` to every input file (streamed), print one summary line."""
     from specae.data.sources import expand_paths
     from specae.results import map_files
@@ -93,7 +93,7 @@ def _denoise(args) -> None:
             res["flux_cov_factor"] = out.cov_factor
         return res
 
-    _run_files(args, fn, wave=model.wave, verb="denoised",
+    run_files(args, fn, wave=model.wave, verb="denoised",
                attrs={"source": f"specae denoise ({args.posterior} posterior{', combined' if args.combine else ''})",
                       "flux_unit": "", "frame": "observed"})
 
@@ -108,7 +108,7 @@ def _encode(args) -> None:
         return {"z_mean": lat.mean.astype(np.float32), "z_std": lat.std.astype(np.float32),
                 "z_cov": lat.cov.astype(np.float32)}
 
-    _run_files(args, fn, verb="encoded", detail=f" to {model.cfg.latent_dim} latents",
+    run_files(args, fn, verb="encoded", detail=f" to {model.cfg.latent_dim} latents",
                attrs={"source": f"specae encode ({args.posterior} posterior)"})
 
 

@@ -57,7 +57,7 @@ class TensorSource:
     def batches(self, epoch: int = 0, rank: int = 0, world: int = 1) -> Iterator[Tensors]:
         n = len(self)
         if self.shuffle:
-            g = torch.Generator().manual_seed(_mix(self.seed, epoch))
+            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
@@ -68,7 +68,7 @@ class TensorSource:
             yield {name: t[rows] for name, t in self.tensors.items()}
 
 
-def _mix(*ints: int) -> int:
+def mix_seed(*ints: int) -> int:
     """A 63-bit seed from several integers (seed, epoch, rank, ...), stable across runs and platforms."""
     return int(np.random.SeedSequence([abs(int(i)) for i in ints]).generate_state(1, np.uint64)[0] >> 1)
 
@@ -155,7 +155,7 @@ class _BlockStream(IterableDataset):
     def rank_blocks(self, epoch, rank, world) -> list:
         blocks = list(self.blocks)
         if self.shuffle:
-            order = np.random.default_rng(_mix(self.seed, epoch)).permutation(len(blocks))
+            order = np.random.default_rng(mix_seed(self.seed, epoch)).permutation(len(blocks))
             blocks = [blocks[i] for i in order]
         return blocks[rank::world]
 
@@ -163,7 +163,7 @@ class _BlockStream(IterableDataset):
         info = torch.utils.data.get_worker_info()
         wid, nw = (0, 1) if info is None else (info.id, info.num_workers)
         mine = self.rank_blocks(self.epoch, self.rank, self.world)[wid::nw]
-        rng = np.random.default_rng(_mix(self.seed, self.epoch, self.rank, wid))
+        rng = np.random.default_rng(mix_seed(self.seed, self.epoch, self.rank, wid))
         carry = None
         for start in range(0, len(mine), self.buffer_blocks):
             parts = [self._read(b) for b in mine[start:start + self.buffer_blocks]]

@@ -15,6 +15,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import pickle
@@ -27,7 +28,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from specae.data.hdf5 import atomic_path
-from specae.data.sources import _mix
+from specae.data.sources import mix_seed
 from specae.engine.runtime import Runtime
 from specae.errors import SpecaeError
 
@@ -47,6 +48,9 @@ class EngineConfig:
     distributed: bool = False          # join the torchrun group (DDP)
     sync_every: int | None = None      # steps between host synchronisations (default 1 on CPU, 50 on GPU)
     max_bad_steps: int = 10            # consecutive non-finite losses before giving up
+    ema: float | None = None           # decay of an exponential moving average of the weights, which is
+                                       # then what is evaluated, kept and exported (None: the weights)
+    eval_start: bool = True            # keep the untrained start if no epoch beats it (it may already be good)
     progress: bool = True
 
 
@@ -86,8 +90,8 @@ class StepContext:
     """What a step sees: runtime, epoch and step counters, the device generator, the (wrapped) modules
     and the optimizer update with its bookkeeping of non-finite losses (kept on the device)."""
 
-    def __init__(self, rt: Runtime, wrapped: dict, opts: dict, scheds: dict, clip: float | None):
-        self.rt, self.wrapped, self.opts, self.scheds, self.clip = rt, wrapped, opts, scheds, clip
+    def __init__(self, rt: Runtime, wrapped: dict, opts: dict, scheds: dict, clip: float | None, seed: int = 0):
+        self.rt, self.wrapped, self.opts, self.scheds, self.clip, self.seed = rt, wrapped, opts, scheds, clip, seed
         self.epoch = self.step = 0
         self.exported = False   # a best model has been written to the output directory
         self.generator = torch.Generator(device=rt.device)
@@ -157,10 +161,37 @@ class ProgressBar(Callback):
 
     def on_epoch_end(self, record):
         self.bar.update(1)
-        self.bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.startswith(("train_", "val_"))})
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
+                              if k.startswith(("train_", "val_")) and k not in ("train_seconds", "train_steps")})
 
     def on_train_end(self, history):
         self.bar.close()
+
+
+class _Average:
+    """Exponential moving average of the trained parameters, updated on the device after every step."""
+
+    def __init__(self, mods: dict, decay: float):
+        self.decay = decay
+        self.live = [p for m in mods.values() for p in m.parameters() if p.requires_grad]
+        self.avg = [p.detach().clone() for p in self.live]
+
+    def update(self) -> None:
+        with torch.no_grad():
+            torch._foreach_lerp_(self.avg, [p.detach() for p in self.live], 1 - self.decay)
+
+    @contextlib.contextmanager
+    def swapped(self):
+        """The averaged weights in the modules for the duration of the block."""
+        with torch.no_grad():
+            saved = [p.detach().clone() for p in self.live]
+            for p, a in zip(self.live, self.avg):
+                p.copy_(a)
+            try:
+                yield
+            finally:
+                for p, v in zip(self.live, saved):
+                    p.copy_(v)
 
 
 def _clone(module: nn.Module) -> dict:
@@ -223,7 +254,7 @@ def train(objective: Objective, train_src, val_src, cfg: EngineConfig, out_dir=N
     clock = {"progress": 0.0}
     scheds = {k: torch.optim.lr_scheduler.LambdaLR(o, _schedule(objective.schedule, cfg, total, warm, clock))
               for k, o in opts.items()}
-    ctx = StepContext(rt, wrapped, opts, scheds, cfg.clip)
+    ctx = StepContext(rt, wrapped, opts, scheds, cfg.clip, cfg.seed)
     sync_every = cfg.sync_every or (1 if rt.device.type == "cpu" else 50)
     monitor = objective.monitor
 
@@ -232,6 +263,8 @@ def train(objective: Objective, train_src, val_src, cfg: EngineConfig, out_dir=N
     if monitor:
         history[f"best_val_{monitor}"] = math.inf
     best = {k: _clone(m) for k, m in mods.items()}
+    average = _Average(mods, cfg.ema) if cfg.ema else None
+    weights = average.swapped if average else contextlib.nullcontext
     since_best, start_epoch, step = 0, 0, 0
     if resume:
         if out is None or not (out / "train_state.pt").is_file():
@@ -244,6 +277,8 @@ def train(objective: Objective, train_src, val_src, cfg: EngineConfig, out_dir=N
                 o.load_state_dict(state["optimizers"][k])
                 scheds[k].load_state_dict(state["schedulers"][k])
             best = {k: {n: v.to(rt.device) for n, v in state["best"][k].items()} for k in mods}
+            if average:
+                average.avg = [v.to(rt.device) for v in state["average"]]
             start_epoch, step, since_best = int(state["epoch"]), int(state["step"]), int(state["since_best"])
             ctx.exported = True
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
@@ -261,14 +296,21 @@ def train(objective: Objective, train_src, val_src, cfg: EngineConfig, out_dir=N
     for cb in cbs:
         cb.on_train_start({"epochs": cfg.epochs, "start_epoch": start_epoch, "steps_per_epoch": steps_per_epoch})
 
+    start = None   # the untrained state and its score: kept at the end if no epoch beats it
+    if monitor and cfg.eval_start and not resume:
+        with weights():
+            score = evaluate(objective, val_src, ctx)
+            start = (score[monitor], {k: _clone(m) for k, m in mods.items()})
+        history["start"] = {f"val_{k}": v for k, v in score.items()}
     t0 = time.monotonic()   # the budget is this invocation's
     budget = 60 * cfg.max_minutes if cfg.max_minutes is not None else None
     stop = "epochs"
     ctx.step = step
     for epoch in range(start_epoch, cfg.epochs):
         ctx.epoch = epoch
-        torch.manual_seed(_mix(cfg.seed, epoch, rt.rank))
-        ctx.generator.manual_seed(_mix(cfg.seed, epoch, rt.rank, 1))
+        t_epoch = time.monotonic()
+        torch.manual_seed(mix_seed(cfg.seed, epoch, rt.rank))
+        ctx.generator.manual_seed(mix_seed(cfg.seed, epoch, rt.rank, 1))
         for m in mods.values():
             m.train()
         sums, n_steps, out_of_time = {}, 0, False
@@ -277,6 +319,8 @@ def train(objective: Objective, train_src, val_src, cfg: EngineConfig, out_dir=N
             if train_src.transform is not None:
                 batch = train_src.transform(batch)
             metrics = objective.train_step(batch, ctx)
+            if average:
+                average.update()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
             n_steps += 1
@@ -287,9 +331,13 @@ def train(objective: Objective, train_src, val_src, cfg: EngineConfig, out_dir=N
                     break
         if not out_of_time:   # every rank took the same steps, so every rank syncs here too
             out_of_time = _sync(ctx, rt, cfg, clock, t0, budget, out, mods, best)
+        train_seconds = time.monotonic() - t_epoch   # the sync above waited for the device
+        with weights():
+            val = evaluate(objective, val_src, ctx)
         record = {"epoch": epoch, **{f"train_{k}": float(v) / max(n_steps, 1) for k, v in sums.items()},
-                  **{f"val_{k}": v for k, v in evaluate(objective, val_src, ctx).items()},
-                  "lr": scheds[next(iter(scheds))].get_last_lr()[0]}
+                  **{f"val_{k}": v for k, v in val.items()},
+                  "lr": scheds[next(iter(scheds))].get_last_lr()[0], "train_seconds": train_seconds,
+                  "train_steps": n_steps}
         for k, v in record.items():
             history.setdefault(k, []).append(v)
         history["skipped_steps"] = int(rt.all_reduce(ctx.bad_total.clone()).item())
@@ -302,15 +350,17 @@ def train(objective: Objective, train_src, val_src, cfg: EngineConfig, out_dir=N
             history["best_epoch"] = epoch
             if monitor:
                 history[f"best_val_{monitor}"] = record[f"val_{monitor}"]
-            best = {k: _clone(m) for k, m in mods.items()}
-            if out and rt.is_main:
-                objective.export(out, history)
-                ctx.exported = True
+            with weights():
+                best = {k: _clone(m) for k, m in mods.items()}
+                if out and rt.is_main:
+                    objective.export(out, history)
+                    ctx.exported = True
         else:
             since_best += 1
         history["minutes"] = (time.monotonic() - t0) / 60
         if out and rt.is_main:
-            _save_state(out, mods, opts, scheds, best, epoch + 1, ctx.step, since_best, history)
+            _save_state(out, mods, opts, scheds, best, epoch + 1, ctx.step, since_best, history,
+                        average.avg if average else None)
         for cb in cbs:
             cb.on_epoch_end(record)
         if out_of_time:
@@ -324,6 +374,13 @@ def train(objective: Objective, train_src, val_src, cfg: EngineConfig, out_dir=N
             break
     history["stopped"] = stop
     history["minutes"] = (time.monotonic() - t0) / 60
+    if start is not None and start[0] < history[f"best_val_{monitor}"]:
+        # training made it worse (a small set, say): the start is what the data support best
+        best, history["best_epoch"], history[f"best_val_{monitor}"] = start[1], -1, start[0]
+        if out and rt.is_main:
+            for k, m in mods.items():
+                m.load_state_dict(best[k])
+            objective.export(out, history)
     for k, m in mods.items():
         m.load_state_dict(best[k])
         m.eval()
@@ -361,6 +418,7 @@ def evaluate(objective: Objective, src, ctx: StepContext) -> dict:
     rt = ctx.rt
     for m in objective.modules().values():
         m.eval()
+    ctx.generator.manual_seed(mix_seed(ctx.seed, 1 << 30))   # the same random numbers at every evaluation
     sums = {}
     for batch in src.batches(0, rt.rank, rt.world):
         batch = {k: v.to(rt.device, non_blocking=True) for k, v in batch.items()}
@@ -377,13 +435,15 @@ def evaluate(objective: Objective, src, ctx: StepContext) -> dict:
     return objective.summarise(dict(zip(keys, flat.tolist())))
 
 
-def _save_state(out: Path, mods, opts, scheds, best, epoch, step, since_best, history) -> None:
+def _save_state(out: Path, mods, opts, scheds, best, epoch, step, since_best, history, average=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     state = {"epoch": epoch, "step": step, "since_best": since_best,
              "modules": {k: {n: v.detach().cpu() for n, v in m.state_dict().items()} for k, m in mods.items()},
              "best": {k: {n: v.detach().cpu() for n, v in s.items()} for k, s in best.items()},
              "optimizers": {k: o.state_dict() for k, o in opts.items()},
              "schedulers": {k: s.state_dict() for k, s in scheds.items()}}
+    if average is not None:
+        state["average"] = [v.detach().cpu() for v in average]
     with atomic_path(out / "train_state.pt") as tmp:
         torch.save(state, tmp)
     with atomic_path(out / "history.json") as tmp:

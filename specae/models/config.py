@@ -13,8 +13,8 @@ class ModelConfig:
     latent_dim: int = 6
     decoder: str = "mlp"                   # "mlp" or "conv"
     dec_hidden: tuple = (64, 256, 1024)    # MLP decoder widths
-    conv_channels: int = 64                # conv decoder width on the coarse grid
-    conv_coarse: int = 64                  # conv decoder: pixels per coarse cell (3 rounds of x4)
+    conv_channels: int = 32                # conv decoder width on the coarse grid
+    conv_coarse: int = 16                  # conv decoder: pixels per coarse cell (2 rounds of x2, then x4)
     enc_channels: tuple = (16, 32, 64, 64)
     enc_hidden: int = 256
     enc_pool: int = 32                     # encoder conv map is pooled to this many cells

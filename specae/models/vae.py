@@ -96,10 +96,11 @@ class SpectrumVAE(nn.Module):
         seen = self.decoder.to_observed(self.seen[None].expand(n, -1), z, outside=0.0)
         return seen < 1 - 1e-6
 
-    def forward(self, x, ivar, z=None, ivar_enc=None, eps=None):
-        """The training pass: encode (seeing `ivar_enc`, e.g. with chunks hidden, if given), draw the
-        latent with noise `eps` (B, K) (VAE), decode. Returns mu, sigma_model, mean, logvar."""
-        mean, logvar = self.encode(x, ivar if ivar_enc is None else ivar_enc, z)
+    def forward(self, x, ivar, z=None, ivar_enc=None, eps=None, x_enc=None):
+        """The training pass: encode (seeing `x_enc`, `ivar_enc` if given: the spectrum with chunks hidden
+        or extra noise), draw the latent with noise `eps` (B, K) (VAE), decode. Returns mu, sigma_model,
+        mean, logvar."""
+        mean, logvar = self.encode(x if x_enc is None else x_enc, ivar if ivar_enc is None else ivar_enc, z)
         latent = mean
         if logvar is not None and eps is not None:
             latent = mean + eps * (0.5 * logvar).exp()
@@ -112,11 +113,19 @@ class SpectrumVAE(nn.Module):
         return {"decoder.mean", "decoder.linear", "decoder.log_sigma0", "encoder.skip.weight"}
 
 
-def gaussian_nll(x, ivar, mu, sigma_model) -> torch.Tensor:
-    """(B,) negative log-likelihood summed over valid pixels, variance 1/ivar + sigma_model^2."""
+def gaussian_nll(x, ivar, mu, sigma_model, beta: float = 0.0) -> torch.Tensor:
+    """(B,) negative log-likelihood summed over valid pixels, variance 1/ivar + sigma_model^2.
+
+    beta > 0 weights each pixel by (1 + sigma_model^2 ivar)^beta, held constant (a beta-NLL, Seitzer et
+    al. 2022, on the learned part only): a pixel the model declares hard by widening its scatter keeps
+    its pull on the mean instead of being explained away. beta = 0 is the plain likelihood.
+    """
     valid = ivar > 0
-    s2 = torch.where(valid, 1 / ivar.clamp_min(1e-30), 1.0) + sigma_model.float() ** 2
+    noise = torch.where(valid, 1 / ivar.clamp_min(1e-30), 1.0)
+    s2 = noise + sigma_model.float() ** 2
     nll = 0.5 * ((x - mu.float()) ** 2 / s2 + torch.log(s2) + LOG_2PI)
+    if beta:
+        nll = nll * (s2 / noise).detach() ** beta
     return torch.where(valid, nll, 0.0).sum(1)
 
 
