@@ -1,0 +1,384 @@
+"""`specae directions / regress / predict / score / plot`: the latent-space commands.
+
+directions and regress read their labelled files block by block and keep only the latents; predict and
+score stream (each input file is read and written block by block; several files and an output
+directory make a batch job that skips outputs already complete). Every output is written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from specae.cli import positive_int
+from specae.cli.model import add_runtime_options, load_for_inference, run_files
+from specae.errors import SpecaeError
+
+POSTERIOR_HELP = "latent posterior: laplace (default), decoder (optimised with the decoder alone) or encoder"
+
+
+def _names(text: str | None) -> list[str] | None:
+    """--labels a,b -> ["a", "b"] (None: all numeric labels)."""
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise SpecaeError(f"--labels {text!r} names no label")
+    return names
+
+
+def _floats(text: str) -> np.ndarray:
+    try:
+        return np.array([float(t) for t in text.split(",")])
+    except ValueError:
+        raise SpecaeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def encode_files(model, paths, posterior: str, batch_size=None, names=None, max_rows: int | None = None):
+    """Latent posteriors of the spectra in `paths`, read block by block: (Latents, labels {name: (N,)},
+    ids (N,)). Labels `names` (default: the numeric labels all files share) must be in every file; only
+    the first `max_rows` rows are read if given."""
+    from specae.data.hdf5 import H5Spectra
+    from specae.data.sources import expand_paths
+    from specae.denoise import Latents, encode
+    from specae.regress import label_column, numeric_labels
+
+    means, covs, labels, ids, kind, total = [], [], [], [], posterior, 0
+    for path in expand_paths(paths):
+        with H5Spectra(path) as h5:
+            for part in h5.batches(max(h5.chunk_rows, 1024)):
+                if max_rows is not None and total >= max_rows:
+                    break
+                part = part[: None if max_rows is None else max_rows - total]
+                wanted = numeric_labels(part.labels) if names is None else names
+                try:
+                    labels.append({n: label_column(part.labels, n, len(part)) for n in wanted})
+                except SpecaeError as e:
+                    raise SpecaeError(f"{path}: {e}") from None
+                lat = encode(model, part, posterior, batch_size)
+                means.append(lat.mean)
+                covs.append(lat.cov)
+                ids.append(part.ids)
+                kind, total = lat.kind, total + len(part)
+    if total == 0:
+        raise SpecaeError(f"{', '.join(map(str, paths))}: no spectra")
+    common = [n for n in labels[0] if all(n in d for d in labels)]
+    return (Latents(np.concatenate(means), np.concatenate(covs), kind),
+            {n: np.concatenate([d[n] for d in labels]) for n in common}, np.concatenate(ids))
+
+
+def _directions(args) -> None:
+    from specae.latent import directions, save_directions
+    from specae.regress import model_fingerprint
+
+    model = load_for_inference(args)
+    lat, labels, _ = encode_files(model, args.data, args.posterior, args.batch_size, _names(args.labels))
+    if not labels:
+        raise SpecaeError(f"{args.data[0]}: no numeric labels to find directions for")
+    dirs = directions(lat, labels, orthogonal=args.orthogonal, alpha=args.alpha, folds=args.folds, seed=args.seed)
+    save_directions(args.output, dirs, latent_dim=model.cfg.latent_dim, posterior=lat.kind,
+                    orthogonal=args.orthogonal, n_spectra=len(lat.mean), model_fingerprint=model_fingerprint(model))
+    print(f"directions of {len(dirs)} labels from {len(lat.mean)} spectra into {args.output}: "
+          + ", ".join(f"{k} R^2 {d.r2_cv:.3f}" for k, d in dirs.items()))
+
+
+def _regress(args) -> None:
+    from specae.regress import LabelRegressor, RegressorConfig, model_fingerprint
+
+    model = load_for_inference(args)
+    names = _names(args.labels)
+    lat, labels, _ = encode_files(model, args.data, args.posterior, args.batch_size, names)
+    if not labels:
+        raise SpecaeError(f"{args.data[0]}: no numeric labels to regress")
+    calibration = None
+    if args.calibration:
+        cal_lat, cal_labels, _ = encode_files(model, args.calibration, args.posterior, args.batch_size, list(labels))
+        calibration = (cal_lat, np.stack(list(cal_labels.values()), 1))
+    cfg = RegressorConfig(kind=args.kind, holdout=args.holdout, epochs=args.epochs, max_minutes=args.max_minutes,
+                          seed=args.seed, device=args.device, posterior=args.posterior, progress=not args.quiet)
+    reg = LabelRegressor(cfg).fit_latents(lat, np.stack(list(labels.values()), 1), list(labels), calibration)
+    reg.fingerprint_ = model_fingerprint(model)
+    reg.save(args.output)
+    m = reg.metrics_
+    print(f"{args.kind} map of {len(labels)} labels fitted on {m['n_train']} spectra, calibrated on "
+          f"{m['n_calibration']}: " + ", ".join(f"{k} R^2 {m[k]['r2']:.3f}, {100 * m[k]['coverage_1sigma']:.0f} % "
+                                              f"within 1 sigma" for k in labels) + f"; saved in {args.output}")
+
+
+def _predict(args) -> None:
+    from specae.denoise import encode
+    from specae.regress import LabelRegressor
+
+    model = load_for_inference(args)
+    reg = LabelRegressor.load(args.regressor)
+    reg.check_model(model, str(args.regressor))
+
+    def fn(part):
+        pred = reg.predict_latents(encode(model, part, reg.cfg.posterior, args.batch_size))
+        return {**{f"labels/{n}": pred.mean[:, j] for j, n in enumerate(pred.names)},
+                **{f"labels_sigma/{n}": pred.sigma[:, j] for j, n in enumerate(pred.names)}}
+
+    run_files(args, fn, verb="predicted labels of",
+               attrs={"source": f"specae predict ({reg.cfg.kind} map, {reg.cfg.posterior} posterior)"})
+
+
+def _score(args) -> None:
+    from specae.latent import LatentDensity, outlier_scores
+
+    model = load_for_inference(args)
+    density, where = LatentDensity(), "the prior N(0, I)"
+    if args.reference:
+        ref, _, _ = encode_files(model, args.reference, args.posterior, args.batch_size, names=[],
+                                 max_rows=args.reference_rows)
+        density, where = LatentDensity(args.reference_rows).fit(ref), f"{len(ref.mean)} reference spectra"
+
+    def fn(part):
+        return outlier_scores(model, part, density, args.posterior, args.batch_size)
+
+    run_files(args, fn, verb="scored",
+               attrs={"source": f"specae score ({args.posterior} posterior)", "latent_density": where})
+
+
+# -- plot ------------------------------------------------------------------------------------------------
+
+
+def _plot_latent(args) -> None:
+    from specae.latent import load_directions
+    from specae.plots import plot_latent_space
+
+    model = load_for_inference(args)
+    lat, labels, _ = encode_files(model, args.data, args.posterior, args.batch_size, [args.color], args.max_rows)
+    if args.directions:
+        dirs, _ = load_directions(args.directions)
+        chosen = _names(args.axes) or sorted(dirs, key=lambda k: -dirs[k].r2_cv)[:2]
+        missing = [k for k in chosen if k not in dirs]
+        if missing or len(chosen) < 2:
+            raise SpecaeError(f"{args.directions}: needs two directions for the axes, has {sorted(dirs)}")
+        points = np.stack([dirs[k].predict(lat) for k in chosen], 1)
+        names = [f"{k} (fitted along its direction)" for k in chosen]
+    else:
+        points, names = lat.mean, [f"$z_{i}$" for i in range(lat.mean.shape[1])]
+    plot_latent_space(args.output, points, labels[args.color], names, args.color)
+    print(f"latent space of {len(points)} spectra coloured by {args.color} in {args.output}")
+
+
+def _plot_traversal(args) -> None:
+    from specae.data.hdf5 import read_h5
+    from specae.denoise import encode
+    from specae.latent import load_directions, traverse
+    from specae.plots import plot_traversal
+
+    model = load_for_inference(args)
+    dirs, info = load_directions(args.directions)
+    if args.label not in dirs:
+        raise SpecaeError(f"{args.directions}: no direction for {args.label!r} (has {', '.join(sorted(dirs))})")
+    if info.get("latent_dim") != model.cfg.latent_dim:
+        raise SpecaeError(f"{args.directions}: directions for {info.get('latent_dim')} latents, the model has "
+                          f"{model.cfg.latent_dim}")
+    d = dirs[args.label]
+    z0 = np.zeros(model.cfg.latent_dim)
+    if args.data:
+        one = read_h5(args.data, slice(args.row, args.row + 1))
+        if len(one) == 0:
+            raise SpecaeError(f"{args.data}: no row {args.row}")
+        z0 = encode(model, one, args.posterior).mean[0]
+    amounts = _floats(args.amounts) if args.amounts else np.linspace(-2, 2, 7) * d.spread
+    _, flux = traverse(model, z0, d.step, amounts)
+    plot_traversal(args.output, model.wave, flux, d.predict(z0[None])[0] + amounts, args.label)
+    print(f"{len(amounts)} decoded spectra along the {args.label} direction in {args.output}")
+
+
+def _read_rows(path, rows: list[int]):
+    """Rows `rows` of a spectrum file as one Spectra, without reading the rest."""
+    from specae.data.hdf5 import H5Spectra
+    from specae.data.spectra import Spectra
+
+    with H5Spectra(path) as h5:
+        bad = [r for r in rows if not 0 <= r < len(h5)]
+        if bad:
+            raise SpecaeError(f"{path}: has {len(h5)} spectra, no row {bad[0]}")
+        return Spectra.concatenate([h5.read(slice(r, r + 1)) for r in rows])
+
+
+def _plot_denoised(args) -> None:
+    from specae.data.tensors import on_grid
+    from specae.denoise import denoise
+    from specae.plots import plot_denoised
+
+    model = load_for_inference(args)
+    rows = [int(r) for r in _floats(args.rows)]
+    spectra = on_grid(_read_rows(args.data, rows), model.wave)
+    truth = None
+    if args.truth:
+        truth = _read_rows(args.truth, rows).flux
+        if truth.shape != spectra.flux.shape:
+            raise SpecaeError(f"{args.truth}: its spectra are not on the model's grid ({truth.shape[1]} pixels, "
+                              f"the model has {spectra.npix})")
+    d = denoise(model, spectra, posterior=args.posterior, combine=args.combine)
+    plot_denoised(args.output, d.wave, spectra.flux, d.flux, d.sigma, truth, spectra.mask, list(spectra.ids))
+    print(f"{len(rows)} denoised spectra in {args.output}")
+
+
+def _plot_calibration(args) -> None:
+    import h5py
+
+    from specae.data.hdf5 import H5Spectra
+    from specae.plots import plot_calibration
+
+    try:
+        with h5py.File(args.prediction, "r") as f:
+            ids = f["ids"][()].astype(str) if "ids" in f else None
+            if "labels_sigma" in f:
+                pred = {k: (f["labels"][k][()], f["labels_sigma"][k][()]) for k in f["labels_sigma"]}
+            elif "flux_sigma" in f:
+                pred = {"flux": (f["flux"][()], f["flux_sigma"][()])}
+                inpainted = f["input_mask"][()] if "input_mask" in f else None
+            else:
+                raise SpecaeError("holds neither labels_sigma/ (specae predict) nor flux_sigma (specae denoise)")
+    except (OSError, KeyError, ValueError) as e:
+        raise SpecaeError(f"{args.prediction}: not a readable prediction file ({str(e).splitlines()[0]})") from None
+    except SpecaeError as e:
+        raise SpecaeError(f"{args.prediction}: {e}") from None
+    with H5Spectra(args.truth) as h5:
+        truth = h5.read()
+    if ids is not None and (len(ids) != len(truth) or np.any(ids != truth.ids)):
+        raise SpecaeError(f"{args.truth}: its spectra are not those of {args.prediction} (ids differ)")
+    groups = {}
+    if "flux" in pred:
+        mean, sigma = pred["flux"]
+        if mean.shape != truth.flux.shape:
+            raise SpecaeError(f"{args.truth}: flux shape {truth.flux.shape} differs from {mean.shape}")
+        z = (mean - truth.flux) / sigma
+        groups = {"all pixels": z} if inpainted is None else {"measured pixels": z[~inpainted],
+                                                              "masked pixels (inpainted)": z[inpainted]}
+    else:
+        for k, (mean, sigma) in pred.items():
+            if k not in truth.labels:
+                raise SpecaeError(f"{args.truth}: no label {k!r} to compare with")
+            groups[k] = (mean - truth.labels[k].astype(float)) / sigma
+    plot_calibration(args.output, groups)
+    print(f"calibration of {', '.join(groups)} in {args.output}")
+
+
+def _plot_training(args) -> None:
+    from specae.engine.loop import load_history
+    from specae.plots import plot_training
+
+    path = Path(args.directory) / "history.json"
+    if not path.is_file():
+        raise SpecaeError(f"{args.directory}: no history.json (a model or an MLP regressor directory has one)")
+    history = load_history(path)
+    if not history.get("epoch"):
+        raise SpecaeError(f"{path}: no epochs recorded")
+    plot_training(args.output, history)
+    print(f"training curves of {len(history['epoch'])} epochs in {args.output}")
+
+
+# -- registration ----------------------------------------------------------------------------------------
+
+
+def _model_options(p, data_help: str, posterior: bool = True) -> None:
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("data", nargs="+", metavar="DATA.h5", help=data_help)
+    if posterior:
+        p.add_argument("--posterior", choices=("laplace", "decoder", "encoder"), default="laplace", help=POSTERIOR_HELP)
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="B", help="spectra per batch")
+    add_runtime_options(p)
+
+
+def register(sub) -> None:
+    d = sub.add_parser("directions", help="per label, the latent direction, the step per unit and the CV R^2")
+    _model_options(d, "labelled spectra (files or glob patterns)")
+    d.add_argument("-o", "--output", required=True, metavar="DIRS.json")
+    d.add_argument("--labels", metavar="A,B", help="labels to use (default: every numeric label)")
+    d.add_argument("--orthogonal", action="store_true",
+                   help="each step also holds the other labels' fits fixed")
+    d.add_argument("--alpha", type=float, default=1.0, metavar="A", help="ridge penalty (latents have unit scale)")
+    d.add_argument("--folds", type=positive_int, default=5, metavar="F", help="cross-validation folds")
+    d.add_argument("--seed", type=int, default=0, metavar="S")
+    d.set_defaults(func=_directions)
+
+    r = sub.add_parser("regress", help="fit a map latent -> labels with calibrated sigmas")
+    _model_options(r, "labelled spectra (NaN = missing, skipped for that label)")
+    r.add_argument("-o", "--output", required=True, metavar="REG", help="regressor directory (created)")
+    r.add_argument("--labels", metavar="A,B", help="labels to fit (default: every numeric label)")
+    r.add_argument("--kind", choices=("mlp", "ridge"), default="mlp",
+                   help="mlp: mean and variance per label (default); ridge: linear")
+    r.add_argument("--calibration", nargs="+", metavar="CAL.h5",
+                   help="labelled spectra the VAE did not train on, to calibrate sigma (default: --holdout of DATA)")
+    r.add_argument("--holdout", type=float, default=0.2, metavar="F",
+                   help="fraction of DATA held out to calibrate sigma when no --calibration is given")
+    r.add_argument("--epochs", type=positive_int, default=200, metavar="N")
+    r.add_argument("--max-minutes", type=float, default=None, metavar="M")
+    r.add_argument("--seed", type=int, default=0, metavar="S")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_regress)
+
+    p = sub.add_parser("predict", help="labels and their sigmas for spectra (labels/, labels_sigma/; the input's "
+                                       "own labels are not copied)")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("regressor", metavar="REG")
+    p.add_argument("data", nargs="+", metavar="DATA.h5", help="spectra (no labels needed)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output file, or a directory for several inputs (outputs already there are skipped)")
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="B", help="spectra per batch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_runtime_options(p)
+    p.set_defaults(func=_predict)
+
+    s = sub.add_parser("score", help="outlier scores: log evidence, chi2/dof, latent density")
+    _model_options(s, "spectra to score (files or glob patterns)")
+    s.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output file, or a directory for several inputs (outputs already there are skipped)")
+    s.add_argument("--reference", nargs="+", metavar="REF.h5",
+                   help="spectra whose latents define the density (e.g. the training set; default: the prior)")
+    s.add_argument("--reference-rows", type=positive_int, default=5000, metavar="N",
+                   help="reference rows read (the first N)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_score)
+
+    plot = sub.add_parser("plot", help="figures: latent, traversal, denoised, calibration, training")
+    kinds = plot.add_subparsers(dest="kind", required=True, metavar="KIND")
+    k = kinds.add_parser("latent", help="the encoded set in latent pairs or two label directions, coloured by a label")
+    _model_options(k, "spectra to encode")
+    k.add_argument("-o", "--output", required=True, metavar="FIG.png")
+    k.add_argument("--color", required=True, metavar="LABEL")
+    k.add_argument("--directions", metavar="DIRS.json", help="axes: fitted labels along these directions")
+    k.add_argument("--axes", metavar="A,B", help="the two directions (default: the two best R^2)")
+    k.add_argument("--max-rows", type=positive_int, default=5000, metavar="N")
+    k.set_defaults(func=_plot_latent)
+
+    t = kinds.add_parser("traversal", help="decoded spectra along a label direction, the label value per row")
+    t.add_argument("model", metavar="MODEL")
+    t.add_argument("directions", metavar="DIRS.json")
+    t.add_argument("--label", required=True, metavar="LABEL")
+    t.add_argument("-o", "--output", required=True, metavar="FIG.png")
+    t.add_argument("--amounts", metavar="X,Y,...", help="steps in label units (default: -2..2 label spreads)")
+    t.add_argument("--data", metavar="DATA.h5", help="start from a spectrum of this file (default: z = 0)")
+    t.add_argument("--row", type=int, default=0, metavar="I", help="its row (default 0)")
+    t.add_argument("--posterior", choices=("laplace", "decoder", "encoder"), default="laplace", help=POSTERIOR_HELP)
+    add_runtime_options(t)
+    t.set_defaults(func=_plot_traversal)
+
+    n = kinds.add_parser("denoised", help="denoised spectra with their +-1 sigma band over the noisy input")
+    n.add_argument("model", metavar="MODEL")
+    n.add_argument("data", metavar="DATA.h5")
+    n.add_argument("-o", "--output", required=True, metavar="FIG.png")
+    n.add_argument("--rows", default="0,1,2", metavar="I,J,...", help="rows to show (default 0,1,2)")
+    n.add_argument("--truth", metavar="TRUTH.h5", help="noise-free spectra to overplot")
+    n.add_argument("--posterior", choices=("laplace", "decoder", "encoder"), default="laplace", help=POSTERIOR_HELP)
+    n.add_argument("--combine", action="store_true", help="update each pixel with its own measurement")
+    add_runtime_options(n)
+    n.set_defaults(func=_plot_denoised)
+
+    c = kinds.add_parser("calibration", help="histogram of (prediction - truth) / sigma against N(0, 1)")
+    c.add_argument("prediction", metavar="PRED.h5", help="output of specae predict (labels) or denoise (spectra)")
+    c.add_argument("truth", metavar="TRUTH.h5", help="the true labels (labels/) or noise-free spectra, same rows")
+    c.add_argument("-o", "--output", required=True, metavar="FIG.png")
+    c.set_defaults(func=_plot_calibration)
+
+    g = kinds.add_parser("training", help="training curves of a model or an MLP regressor")
+    g.add_argument("directory", metavar="DIR")
+    g.add_argument("-o", "--output", required=True, metavar="FIG.png")
+    g.set_defaults(func=_plot_training)
