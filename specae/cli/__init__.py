@@ -27,11 +27,11 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from specae.cli import data, latent, model
+    from specae.cli import data, gan, latent, model
 
     p = argparse.ArgumentParser(prog="specae", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (data, model, latent):
+    for group in (data, model, gan, latent):
         group.register(sub)
     return p
 
