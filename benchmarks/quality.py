@@ -28,13 +28,14 @@ from benchmarks.peers import SpenderPeer, spender_unavailable
 from benchmarks.report import write_results
 from specae.baselines import SavitzkyGolay, WeightedPCA
 from specae.data.payne import LABEL_NAMES, PayneEmulator, default_payne_dir
+from specae.data.resample import loglam_grid
 from specae.data.spectra import Spectra
 from specae.data.synthetic import add_noise, galaxy_spectra, galaxy_wave
 from specae.metrics import coverage, rmse
 from specae.regress import r2, ridge_fit
 
 SPECAE = {"vae-mlp": ("vae", "mlp"), "vae-conv": ("vae", "conv"), "ae": ("ae", "mlp")}
-METHODS = (*SPECAE, "pca", "sg", "spender")
+METHODS = (*SPECAE, "pca", "pca-rest", "sg", "spender")
 # Galaxy emission lines for the line-pixel figures [A, vacuum, rest frame]: [OII], Hbeta, [OIII], Halpha, [NII], [SII]
 EMISSION_LINES = (3727.09, 3729.88, 4862.69, 4960.30, 5008.24, 6549.86, 6564.61, 6585.27, 6718.29, 6732.68)
 LINE_HALF_WIDTH = 5.0        # A, rest frame
@@ -155,7 +156,7 @@ def run_specae(ds: Dataset, method: str, args, overrides: dict | None = None) ->
     train_cfg = replace(train_cfg, **{k: v for k, v in overrides.items() if k not in model_keys})
     model, hist = fit(fit_set, val, model_cfg, train_cfg)
     t0 = time.perf_counter()
-    d = denoise(model, ds.test, n_samples=args.samples)
+    d = denoise(model, ds.test, n_samples=args.samples)   # the default: combined with the data where it helps
     seconds = time.perf_counter() - t0
     # the amortised encoder's means: the model's latents as such, and no Laplace refinement (a Jacobian
     # through the decoder per spectrum, minutes for the conv decoder on a CPU) is needed for a regression
@@ -165,8 +166,8 @@ def run_specae(ds: Dataset, method: str, args, overrides: dict | None = None) ->
             "unseen_fraction": float(np.mean(getattr(d, "unseen", False)))}
     out = {method: Output(d.flux, d.sigma, latents, None, hist["minutes"], seconds, info)}
     if args.combine and kind == "vae":              # the AE has no latent posterior to leave a pixel out of
-        dc = denoise(model, ds.test, n_samples=args.samples, combine=True)
-        out[method + "+combine"] = Output(dc.flux, dc.sigma, None, None, hist["minutes"], None, info)
+        dm = denoise(model, ds.test, n_samples=args.samples, combine=False)
+        out[method + " (model alone)"] = Output(dm.flux, dm.sigma, None, None, hist["minutes"], None, info)
     return out
 
 
@@ -184,6 +185,28 @@ def run_pca(ds: Dataset, args) -> Output:
     seconds = time.perf_counter() - t0
     latents = (pca.encode(_ridge_subset(ds.train, args.seed))[0], pca.encode(ds.test)[0])
     return Output(flux, sigma, latents, None, minutes, seconds)
+
+
+def run_pca_rest(ds: Dataset, args) -> Output:
+    """Weighted PCA fitted in the rest frame with the known redshifts (on a grid at half the observed log
+    step, as specae's rest-frame decoder), its denoised test spectra shifted back onto the observed grid."""
+    if ds.redshift is None:
+        raise SystemExit("pca-rest needs a set with redshifts (--set galaxy)")
+    z_train, z_test = ds.train.redshifts(ds.redshift), ds.test.redshifts(ds.redshift)
+    step = float(np.median(np.diff(np.log10(ds.test.wave)))) / 2
+    lo = ds.test.wave[0] / (1 + max(z_train.max(), z_test.max()))
+    hi = ds.test.wave[-1] / (1 + min(z_train.min(), z_test.min()))
+    rest = loglam_grid(lo, hi * 10 ** step, step)
+    t0 = time.perf_counter()
+    pca = WeightedPCA(args.latent_dim, seed=args.seed).fit(ds.train.to_rest_frame(z_train, rest))
+    minutes = (time.perf_counter() - t0) / 60
+    t0 = time.perf_counter()
+    flux, sigma = pca.denoise(ds.test.to_rest_frame(z_test, rest))
+    ivar = np.where(np.isfinite(sigma) & (sigma > 0), 1 / np.maximum(sigma.astype(np.float64), 1e-30) ** 2, 0.0)
+    # "rest frame" of z' with 1 + z' = 1 / (1 + z) is the observed frame
+    back = Spectra(rest, flux, ivar).to_rest_frame(1 / (1 + z_test) - 1, ds.test.wave)
+    sigma_obs = np.where(back.ivar > 0, 1 / np.sqrt(np.where(back.ivar > 0, back.ivar, 1.0)), np.inf)
+    return Output(back.flux, sigma_obs, None, None, minutes, time.perf_counter() - t0)
 
 
 def run_sg(ds: Dataset, args) -> Output:
@@ -303,6 +326,8 @@ def evaluate(ds: Dataset, args, cache: dict | None = None) -> tuple[dict, list[d
             new = run_specae(ds, method, args)
         elif method == "pca":
             new = {method: run_pca(ds, args)}
+        elif method == "pca-rest":
+            new = {method: run_pca_rest(ds, args)}
         elif method == "sg":
             new = {method: run_sg(ds, args)}
         elif method == "spender":
@@ -402,7 +427,8 @@ def parse(argv):
     p.add_argument("--epochs", type=int, default=500, help="epoch cap per model (spender: at most 200)")
     p.add_argument("--samples", type=int, default=64, help="posterior samples per spectrum (specae denoise)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
-    p.add_argument("--combine", action="store_true", help="also score specae's denoise(..., combine=True)")
+    p.add_argument("--combine", action="store_true",
+                   help="also score specae's denoise(..., combine=False): the model's prediction without the data")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD:KEY=VALUE,...",
                    help="a specae method with ModelConfig/TrainConfig fields changed, e.g. "
                         "heldout=vae-mlp:monitor=heldout_chi2_dof (repeatable; added to --methods)")

@@ -101,17 +101,21 @@ def sigma_points(model, post, z=None):
 
 
 @torch.no_grad()
-def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, gen=None, combine: bool = False,
+def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, gen=None, combine: bool | None = None,
                   covariance: bool = False) -> dict[str, torch.Tensor]:
     """Model-space posterior predictive for one batch: flux, var_latent, var_model (B, npix), calibrated
-    with the model's sigma factors, plus `factor` (B, npix, K) if `covariance`.
+    with the model's sigma factors, plus `factor` (B, npix, K+1) if `covariance`.
 
     kind "laplace"/"decoder": the posterior is propagated through the decoder by its sigma points
     (`sigma_points`: deterministic, no draws needed); "encoder": `n_samples` draws of q(z|x), their
-    unbiased variance widened for the Monte Carlo error and the small-sample quantile (`student_factor`). `combine` updates each pixel with
-    its own measurement: the model's prediction of that pixel from all the *other* pixels (the Laplace
-    posterior with the pixel left out, a rank-one downdate) is averaged with the measurement by their
-    precisions, so no pixel is counted twice.
+    unbiased variance widened for the Monte Carlo error and the small-sample quantile (`student_factor`).
+
+    `combine` updates each pixel with its own measurement: the model's prediction of that pixel from all
+    the *other* pixels (the Laplace posterior with the pixel left out, a rank-one downdate) is averaged
+    with the measurement by their precisions, so no pixel is counted twice. Where the model is sure (a
+    stellar continuum) this is the model's value; where the data are (a strong emission line the latents
+    cannot follow) it is the data's. None (default): on for the laplace and decoder posteriors, which
+    allow it; False: the model's prediction alone.
     """
     post, at = latent_posterior(model, b.x, b.ivar, b.z, kind)
     scale = model.sigma_scale.float()
@@ -137,9 +141,9 @@ def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, g
         var_lat = torch.zeros_like(mu)
     mu, sig = mu.float(), sig.float()
     var_mod = sig ** 2
-    if combine:
-        if at is None:
-            raise SpecaeError("--combine needs the laplace or decoder posterior")
+    if combine and at is None:
+        raise SpecaeError("combining with the data needs the laplace or decoder posterior")
+    if combine or (combine is None and at is not None):
         # leave pixel i out: with s = j^T C j and w its weight, the rest predict mu - w r s / (1 - w s) with
         # latent variance s / (1 - w s) (Sherman-Morrison on the posterior precision)
         w = torch.where(b.ivar > 0, 1 / (1 / b.ivar.clamp_min(1e-30) + var_mod), torch.zeros_like(var_mod))
@@ -155,9 +159,10 @@ def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, g
 
 
 def denoise(model, spectra: Spectra, n_samples: int = 16, batch_size: int | None = None, seed: int = 0,
-            posterior: str = "laplace", combine: bool = False, pixel_covariance: bool = False,
+            posterior: str = "laplace", combine: bool | None = None, pixel_covariance: bool = False,
             precision: str = "fp32") -> Denoised:
-    """Posterior predictive spectrum and per-pixel sigma for each spectrum (see `predict_batch`).
+    """Posterior predictive spectrum and per-pixel sigma for each spectrum (see `predict_batch`; by default
+    each pixel is combined with its own measurement, counted once).
 
     sigma^2 = a^2 var_latent + b^2 var_model with the validation-calibrated factors of the model;
     output in the units of `spectra.flux` on the model's grid. `batch_size` (spectra per batch) defaults

@@ -310,3 +310,19 @@ def test_demo_with_a_tiny_budget(tmp_path, capsys, monkeypatch):
     assert "RMSE" in summary and "nan" not in summary.lower()
     assert not [p for p in out.rglob("*.tmp")]
     assert not (out / "data").exists()   # the bundled set was used, not regenerated
+
+
+def test_denoise_combines_with_the_data_unless_told_not_to(files, vae_model, tmp_path, capsys):
+    a, b = tmp_path / "combined.h5", tmp_path / "alone.h5"
+    assert run(capsys, "denoise", vae_model, files["stars"], "-o", a)[0] == 0
+    assert run(capsys, "denoise", vae_model, files["stars"], "-o", b, "--no-combine")[0] == 0
+    ca, cb = read_h5(a), read_h5(b)
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        sa, sb = fa["flux_sigma"][()], fb["flux_sigma"][()]
+        assert "model alone" in fb.attrs["source"] and "model alone" not in fa.attrs["source"]
+    src = read_h5(files["stars"])
+    measured = ~src.mask
+    # the combination leans towards each measured pixel and is more precise there; inpainted pixels are the same
+    assert np.all(sa[measured] <= sb[measured] * (1 + 1e-6)) and np.any(sa[measured] < 0.99 * sb[measured])
+    np.testing.assert_allclose(ca.flux[~measured], cb.flux[~measured], rtol=1e-5, atol=1e-6)
+    assert np.mean(np.abs(ca.flux - src.flux)[measured]) < np.mean(np.abs(cb.flux - src.flux)[measured])

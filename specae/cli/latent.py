@@ -368,7 +368,8 @@ def register(sub) -> None:
     n.add_argument("--rows", default="0,1,2", metavar="I,J,...", help="rows to show (default 0,1,2)")
     n.add_argument("--truth", metavar="TRUTH.h5", help="noise-free spectra to overplot")
     n.add_argument("--posterior", choices=("laplace", "decoder", "encoder"), default="laplace", help=POSTERIOR_HELP)
-    n.add_argument("--combine", action="store_true", help="update each pixel with its own measurement")
+    n.add_argument("--no-combine", dest="combine", action="store_false", default=None,
+                   help="the model's prediction alone (default: each pixel combined with its own measurement)")
     add_runtime_options(n)
     n.set_defaults(func=_plot_denoised)
 

@@ -94,7 +94,8 @@ def _denoise(args) -> None:
         return res
 
     run_files(args, fn, wave=model.wave, verb="denoised",
-               attrs={"source": f"specae denoise ({args.posterior} posterior{', combined' if args.combine else ''})",
+               attrs={"source": f"specae denoise ({args.posterior} posterior"
+                                f"{', model alone' if args.combine is False else ''})",
                       "flux_unit": "", "frame": "observed"})
 
 
@@ -162,8 +163,10 @@ def register(sub) -> None:
     _inputs(d, "spectra to denoise (files or glob patterns)")
     d.add_argument("--samples", type=positive_int, default=16, metavar="S",
                    help="latent draws for the encoder posterior (laplace/decoder are propagated exactly)")
-    d.add_argument("--combine", action="store_true",
-                   help="update each pixel with its own measurement (leave-one-pixel-out, counted once)")
+    d.add_argument("--no-combine", dest="combine", action="store_false", default=None,
+                   help="the model's prediction alone; by default each pixel is combined with its own measurement "
+                        "(leave-one-pixel-out, counted once), which keeps what the latents cannot follow, e.g. "
+                        "strong emission lines")
     d.add_argument("--pixel-covariance", action="store_true",
                    help="also write flux_cov_factor (N, npix, K): the low-rank latent part of the pixel covariance")
     d.set_defaults(func=_denoise)
