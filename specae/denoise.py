@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from scipy.stats import chi2
 
 from specae.data.spectra import Spectra
 from specae.data.tensors import Batch, on_grid, to_batch, window_mask
@@ -67,6 +69,36 @@ def model_input(model, spectra: Spectra) -> tuple[Batch, np.ndarray, Spectra]:
                           f"{cfg.z_range[0]:.4g}-{cfg.z_range[1]:.4g}; pixels the model never saw are masked "
                           f"in the output", stacklevel=3)
     return batch, scale, spectra
+
+
+# The local goodness-of-fit test of the combination: neighbours within MISFIT_HALF_WIDTH pixels (about a
+# resolved line's width at survey resolutions), rejecting the model at false-alarm probability MISFIT_ALPHA
+MISFIT_HALF_WIDTH = 2
+MISFIT_ALPHA = 1e-3
+
+
+def misfit_variance(x, ivar, mu, var, half_width: int = MISFIT_HALF_WIDTH, alpha: float = MISFIT_ALPHA):
+    """Model error variance (B, npix) that the data show but the model's variance `var` does not, from
+    each pixel's neighbours (the pixel itself left out, so its measurement is not counted twice).
+
+    The neighbours' chi^2 of x against the prediction mu, with variance 1/ivar + var, is tested against its
+    chi^2 distribution; where it rejects the model (a line stronger than any the latents can make), the
+    extra variance is the neighbours' mean excess squared residual over that variance; elsewhere 0.
+    """
+    valid = (ivar > 0).to(mu.dtype)
+    total = torch.where(ivar > 0, 1 / ivar.clamp_min(1e-30), torch.ones_like(ivar)) + var
+    r2 = valid * (x - mu) ** 2
+    kernel = torch.ones(1, 1, 2 * half_width + 1, dtype=mu.dtype, device=mu.device)
+    kernel[..., half_width] = 0
+
+    def around(t):   # (B, npix) sums over each pixel's neighbours
+        return F.conv1d(t[:, None], kernel, padding=half_width)[:, 0]
+
+    n = around(valid)
+    stat, excess = around(r2 / total), around(valid * (r2 - total))
+    quantile = torch.as_tensor(chi2.isf(alpha, np.arange(1, 2 * half_width + 1)), dtype=mu.dtype, device=mu.device)
+    limit = torch.cat([quantile.new_full((1,), np.inf), quantile])[n.round().long()]
+    return torch.where(stat > limit, excess / n.clamp_min(1), torch.zeros_like(mu)).clamp_min(0)
 
 
 def _device(model) -> torch.device:
@@ -150,11 +182,13 @@ def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, g
         keep = (1 - w * var_lat).clamp_min(1e-6)
         mu = mu - torch.where(b.ivar > 0, w * (b.x - mu) * var_lat / keep, torch.zeros_like(mu))
         var_lat = var_lat / keep
-        v_model = a ** 2 * var_lat + bb ** 2 * var_mod
+        var_mod = bb ** 2 * var_mod
+        var_mod = var_mod + misfit_variance(b.x, b.ivar, mu, a ** 2 * var_lat + var_mod)
+        v_model = a ** 2 * var_lat + var_mod
         precision = 1 / v_model.clamp_min(1e-30) + b.ivar
         mu = (mu / v_model.clamp_min(1e-30) + b.x * b.ivar) / precision
         shrink = 1 / (precision * v_model.clamp_min(1e-30))    # the fraction of the model variance left
-        return {"flux": mu, "var_latent": a ** 2 * var_lat * shrink, "var_model": bb ** 2 * var_mod * shrink, **out}
+        return {"flux": mu, "var_latent": a ** 2 * var_lat * shrink, "var_model": var_mod * shrink, **out}
     return {"flux": mu, "var_latent": a ** 2 * var_lat, "var_model": bb ** 2 * var_mod, **out}
 
 

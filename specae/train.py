@@ -19,7 +19,7 @@ from specae.data.resample import loglam_grid
 from specae.data.sources import H5Blocks, H5Source, TensorSource
 from specae.data.spectra import Spectra
 from specae.data.tensors import Batch, normalise, to_batch, window_mask
-from specae.denoise import predict_batch, rows_per_batch
+from specae.denoise import misfit_variance, predict_batch, rows_per_batch
 from specae.engine import EngineConfig, Objective, Runtime, StepContext, adamw
 from specae.engine import train as run_engine
 from specae.errors import SpecaeError
@@ -186,7 +186,7 @@ def _predict_all(model, data: Batch, kind: str, seed: int, n_samples: int = 16) 
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
     rows = rows_per_batch(model, n_samples)
-    parts = [predict_batch(model, data[i:i + rows].to(dev), kind, n_samples, gen) for i in range(0, len(data), rows)]
+    parts = [predict_batch(model, data[i:i + rows].to(dev), kind, n_samples, gen, combine=False) for i in range(0, len(data), rows)]
     return {k: torch.cat([p[k].float().cpu() for p in parts]).double().numpy() for k in ("flux", "var_latent", "var_model")}
 
 
@@ -208,7 +208,12 @@ def calibrate(model: SpectrumVAE, val: Batch, seed: int = 0) -> list[float]:
             d2 = _predict_all(model, redo, kind, seed + 1)
             a[i] = latent_scale(d2["flux"] - d["flux"], d2["var_latent"])
     hold = valid & (rng.uniform(size=x.shape) < 0.1)
-    dh = _predict_all(model, Batch(val.x, torch.where(torch.from_numpy(hold), 0.0, val.ivar), val.z), "laplace", seed)
+    seen = torch.where(torch.from_numpy(hold), 0.0, val.ivar)
+    dh = _predict_all(model, Batch(val.x, seen, val.z), "laplace", seed)
+    # b is for where the model can follow the data: pixels whose neighbours reject it (a line stronger than
+    # the latents make) get the misfit variance of the combination instead
+    var = torch.from_numpy(a[0] ** 2 * dh["var_latent"] + dh["var_model"])
+    hold &= misfit_variance(val.x.double(), seen.double(), torch.from_numpy(dh["flux"]), var).numpy() == 0
     b = model_scale(x[hold], ivar[hold], dh["flux"][hold], dh["var_model"][hold], a[0] ** 2 * dh["var_latent"][hold])
     model.sigma_scale.copy_(torch.tensor([a[0], a[1], b]))
     return [a[0], a[1], b]

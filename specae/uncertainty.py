@@ -19,7 +19,8 @@ the decoder, and var_model = sigma_model^2, the decoder's own scatter.
   |err| / sigma_latent with the truth known. Every spectrum counts equally.
 - b (decoder part), by maximum likelihood on held-out pixels: a random tenth of the valid validation
   pixels is hidden, predicted from the rest, and compared with its measurement, whose variance is
-  1/ivar + a^2 var_latent + b^2 var_model. Their noise is independent of the prediction, so what the
+  1/ivar + a^2 var_latent + b^2 var_model (pixels whose neighbours reject the model, e.g. a line
+  stronger than the latents can make, are left to the misfit variance of the combination). Their noise is independent of the prediction, so what the
   model misses of real spectra (and the bootstrap cannot see) ends up in b.
 """
 

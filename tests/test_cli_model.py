@@ -322,7 +322,10 @@ def test_denoise_combines_with_the_data_unless_told_not_to(files, vae_model, tmp
         assert "model alone" in fb.attrs["source"] and "model alone" not in fa.attrs["source"]
     src = read_h5(files["stars"])
     measured = ~src.mask
-    # the combination leans towards each measured pixel and is more precise there; inpainted pixels are the same
-    assert np.all(sa[measured] <= sb[measured] * (1 + 1e-6)) and np.any(sa[measured] < 0.99 * sb[measured])
+    # the combination leans towards each measured pixel and is more precise than the measurement there, and
+    # than the model alone except where the neighbours reject the model; inpainted pixels keep their values
+    noise = 1 / np.sqrt(src.ivar[measured])
+    assert np.all(sa[measured] <= noise * (1 + 1e-5)) and np.any(sa[measured] < 0.99 * sb[measured])
+    assert np.mean(sa[measured] <= sb[measured] * (1 + 1e-6)) > 0.95   # this tiny model misses a few lines
     np.testing.assert_allclose(ca.flux[~measured], cb.flux[~measured], rtol=1e-5, atol=1e-6)
     assert np.mean(np.abs(ca.flux - src.flux)[measured]) < np.mean(np.abs(cb.flux - src.flux)[measured])

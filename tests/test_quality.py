@@ -86,7 +86,9 @@ def test_rest_frame_vae_halves_the_noise_on_galaxies():
     assert rmse(dc.flux, truth, on_lines) < 0.5 * rmse(d.flux, truth, on_lines)
     # ... and by default strong emission lines come out no worse than the noisy input (counted once)
     assert rmse(dc.flux, truth, on_lines) < 1.1 * rmse(test.flux, truth, on_lines)
-    assert 0.6 <= coverage(dc.flux, dc.sigma, truth, 1, valid) <= 0.85
+    assert 0.6 <= coverage(dc.flux, dc.sigma, truth, 1, valid) <= 0.8
+    # where the neighbours reject the model the combination trusts the data, and its sigma says so
+    assert 0.55 <= coverage(dc.flux, dc.sigma, truth, 1, on_lines) <= 0.8
 
 
 @pytest.mark.parametrize("draws", [4, 16, 64])

@@ -164,3 +164,26 @@ def test_the_amplitude_absorbs_a_normalisation_error(one_thread):
     scaled, _ = posterior(model, b.x * 1.03, b.ivar / 1.03 ** 2)
     torch.testing.assert_close(scaled.log_scale - base.log_scale, torch.full((20,), math.log(1.03)), atol=3e-3, rtol=0)
     torch.testing.assert_close(scaled.mean, base.mean, atol=2e-2, rtol=0)
+
+
+def test_misfit_variance_flags_a_line_the_model_lacks_and_nothing_else():
+    import torch
+
+    from specae.denoise import misfit_variance
+    rng = np.random.default_rng(3)
+    n, npix, sigma = 400, 200, 0.1
+    truth = np.ones((n, npix))
+    truth[:, 100:103] += [0.5, 2.0, 0.5]                           # an emission line the prediction lacks
+    x = truth + sigma * rng.standard_normal((n, npix))
+    ivar = np.full((n, npix), sigma ** -2)
+    ivar[:, 150] = 0                                               # a masked pixel gets the test of its neighbours
+    mu, var = np.ones((n, npix)), np.full((n, npix), 1e-4)
+    extra = misfit_variance(*(torch.from_numpy(a) for a in (x, ivar, mu, var))).numpy()
+    # on the line: about the squared error of the neighbours, from the neighbours only; well above the
+    # noise variance, so the combination follows the data there
+    assert np.mean(extra[:, 99:104] > 5 * sigma ** 2) > 0.99
+    assert 0.5 < np.median(extra[:, 101]) / np.mean([0.5 ** 2, 0.5 ** 2, 0, 0]) < 2
+    # elsewhere the data agree with the prediction: false alarms at about the test's 1e-3 level
+    quiet = np.r_[0:95, 108:200]
+    assert np.mean(extra[:, quiet] > 0) < 3e-3
+    assert np.isfinite(extra).all() and (extra >= 0).all()
