@@ -12,6 +12,7 @@ HDF5 files by DataLoader workers (the pipeline), with the GPU's busy fraction sa
 from __future__ import annotations
 
 import argparse
+import queue as queue_module
 import shutil
 import subprocess
 import sys
@@ -225,6 +226,32 @@ def _stream_one(path: str, npix: int, batch: int, device: str, workers: int, pre
             "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None}
 
 
+def _child(queue, fn, *args):
+    try:
+        queue.put(("ok", fn(*args)))
+    except BaseException as e:       # reported to the parent, which raises it
+        queue.put(("error", f"{type(e).__name__}: {e}"))
+
+
+def _in_fresh_process(ctx, fn, *args):
+    """fn(*args) in a new non-daemonic process (its DataLoader may start workers of its own)."""
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, fn, *args))
+    proc.start()
+    while True:
+        try:
+            status, value = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not proc.is_alive():
+                status, value = "error", f"exit code {proc.exitcode}"
+                break
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"streamed-epoch child process failed: {value}")
+    return value
+
+
 def time_streamed_epochs(n_values, npix, batch, device, workers, precision, tmp: Path) -> list[dict]:
     """Seconds per epoch of streamed training against N (2 epochs, the second timed), each N in a fresh
     process so its peak memory is its own; the GPU's busy fraction sampled meanwhile."""
@@ -236,8 +263,8 @@ def time_streamed_epochs(n_values, npix, batch, device, workers, precision, tmp:
         log("streamed epochs, N =", n)
         path = tmp / f"stream-{n}.h5"
         write_stream_file(path, n, npix)
-        with GpuBusy() as busy, ctx.Pool(1) as pool:
-            r = pool.apply(_stream_one, (str(path), npix, batch, str(device), workers, precision))
+        with GpuBusy() as busy:
+            r = _in_fresh_process(ctx, _stream_one, str(path), npix, batch, str(device), workers, precision)
         rows.append({"n": n, **r, "spectra_per_s": r["n_train"] / r["epoch_seconds"], "gpu_busy_pct": busy.value})
         path.unlink()
     return rows

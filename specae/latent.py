@@ -139,9 +139,11 @@ def load_directions(path) -> tuple[dict[str, Direction], dict]:
 
 @torch.no_grad()
 def decode(model, latents, redshift: float | None = None) -> np.ndarray:
-    """(N, npix) decoder means mu(z) for latents (N, K), normalised flux on `model.wave`. Redshift models
-    decode at `redshift` (default: the middle of their training range)."""
+    """(N, npix) decoder means mu(z) for latents (N, K), normalised flux on `model.wave`, times each
+    spectrum's fitted amplitude exp(t) when `latents` is a `Latents` that has one. Redshift models decode
+    at `redshift` (default: the middle of their training range)."""
     z = _means(latents)
+    amp = getattr(latents, "log_amplitude", None)
     if z.shape[1] != model.cfg.latent_dim:
         raise SpecaeError(f"latents have {z.shape[1]} dimensions but the model has {model.cfg.latent_dim}")
     dev = next(model.parameters()).device
@@ -154,7 +156,9 @@ def decode(model, latents, redshift: float | None = None) -> np.ndarray:
         lat = torch.as_tensor(z[a:a + rows], dtype=torch.float32, device=dev)
         mu, _ = model.decode(lat, None if red is None else torch.full((len(lat),), red, device=dev))
         out.append(mu.float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.cfg.npix), np.float32)
+    if not out:
+        return np.zeros((0, model.cfg.npix), np.float32)
+    return np.concatenate(out) * (1.0 if amp is None else np.exp(amp)[:, None].astype(np.float32))
 
 
 def traverse(model, z0, step, amounts, redshift: float | None = None) -> tuple[np.ndarray, np.ndarray]:

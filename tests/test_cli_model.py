@@ -122,11 +122,14 @@ def test_encode_writes_latents(files, vae_model, tmp_path, capsys):
     src = read_h5(files["stars"])
     with h5py.File(out) as f:
         z_mean, z_std, z_cov = f["z_mean"][()], f["z_std"][()], f["z_cov"][()]
+        log_amp = f["log_amplitude"][()]
         ids = np.array([s.decode() for s in f["ids"][()]])
         labels = {k: f["labels"][k][()] for k in f["labels"]}
         assert f.attrs["specae_format"] == 1
     assert z_mean.shape == z_std.shape == (30, 3) and z_cov.shape == (30, 3, 3)
     assert np.isfinite(z_mean).all() and (z_std > 0).all()
+    # each spectrum's fitted amplitude: a small correction of the normalisation (prior std 0.1)
+    assert log_amp.shape == (30,) and np.all(np.abs(log_amp) < 0.5) and np.std(log_amp) > 0
     np.testing.assert_allclose(z_std, np.sqrt(np.diagonal(z_cov, axis1=1, axis2=2)), rtol=1e-5)
     np.testing.assert_allclose(z_cov, np.transpose(z_cov, (0, 2, 1)), rtol=1e-5, atol=1e-9)
     np.testing.assert_array_equal(ids, src.ids)

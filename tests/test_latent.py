@@ -192,6 +192,16 @@ def test_traverse_interpolate_and_slerp():
         decode(model, np.zeros((1, 3)))
 
 
+def test_decoding_a_fitted_posterior_includes_each_spectrum_amplitude():
+    case = star_case()
+    model, test = case["model"], case["train"][:20]
+    lat = encode(model, test)                                     # Laplace: latents and log amplitude
+    assert lat.log_amplitude.shape == (20,) and np.any(lat.log_amplitude != 0)
+    np.testing.assert_allclose(decode(model, lat), decode(model, lat.mean) * np.exp(lat.log_amplitude)[:, None],
+                               rtol=1e-5)
+    assert encode(model, test, posterior="encoder").log_amplitude is None   # q(z|x) has no amplitude
+
+
 def test_latent_arithmetic_moves_a_star_towards_the_emulator_star_with_more_metals():
     case = payne_case()
     lab, z = case["train"].labels, case["train_latents"].mean

@@ -183,7 +183,7 @@ def test_misfit_variance_flags_a_line_the_model_lacks_and_nothing_else():
     # noise variance, so the combination follows the data there
     assert np.mean(extra[:, 99:104] > 5 * sigma ** 2) > 0.99
     assert 0.5 < np.median(extra[:, 101]) / np.mean([0.5 ** 2, 0.5 ** 2, 0, 0]) < 2
-    # elsewhere the data agree with the prediction: false alarms at about the test's 1e-3 level
+    # elsewhere the data agree with the prediction: hardly a false alarm (the test's level is 1e-5)
     quiet = np.r_[0:95, 108:200]
-    assert np.mean(extra[:, quiet] > 0) < 3e-3
+    assert np.mean(extra[:, quiet] > 0) < 1e-3
     assert np.isfinite(extra).all() and (extra >= 0).all()

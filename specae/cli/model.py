@@ -106,8 +106,9 @@ def _encode(args) -> None:
 
     def fn(part):
         lat = encode(model, part, posterior=args.posterior, batch_size=args.batch_size)
-        return {"z_mean": lat.mean.astype(np.float32), "z_std": lat.std.astype(np.float32),
-                "z_cov": lat.cov.astype(np.float32)}
+        out = {"z_mean": lat.mean.astype(np.float32), "z_std": lat.std.astype(np.float32),
+               "z_cov": lat.cov.astype(np.float32)}
+        return out if lat.log_amplitude is None else out | {"log_amplitude": lat.log_amplitude.astype(np.float32)}
 
     run_files(args, fn, verb="encoded", detail=f" to {model.cfg.latent_dim} latents",
                attrs={"source": f"specae encode ({args.posterior} posterior)"})
@@ -171,7 +172,7 @@ def register(sub) -> None:
                    help="also write flux_cov_factor (N, npix, K): the low-rank latent part of the pixel covariance")
     d.set_defaults(func=_denoise)
 
-    e = sub.add_parser("encode", help="write latent posteriors: z_mean, z_std, z_cov")
+    e = sub.add_parser("encode", help="write latent posteriors: z_mean, z_std, z_cov (and log_amplitude)")
     _inputs(e, "spectra to encode (files or glob patterns)")
     e.set_defaults(func=_encode)
 
