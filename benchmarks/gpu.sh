@@ -11,7 +11,7 @@ export SPECAE_COMMIT="${SPECAE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null 
 out="${1:-benchmarks/results}"
 mkdir -p "$out"
 if [ "${DRY:-0}" = 1 ]; then
-    dev=cpu; speed="--quick --skip compile"; full="--quick --pixels 300"; sweep="--n-train 200 --pixels 300"
+    dev=cpu; speed="--dry --skip compile"; full="--quick --pixels 300"; sweep="--n-train 200 --pixels 300"
     grow="n-train=100,200"; minutes=0.05
 else
     dev=cuda; speed=""; full="--n-train 20000 --n-test 500"; sweep="--n-test 500"

@@ -36,7 +36,8 @@ SDSS_NPIX, APOGEE_NPIX = 3921, 7214
 GRIDS = {"quick": dict(npix=(500, 2000), batch=(64, 256), stream_n=(1000, 4000, 16000), stream_npix=500,
                        denoise_n=4000, steps=5),
          "gpu": dict(npix=(1000, SDSS_NPIX, APOGEE_NPIX), batch=(512, 4096), stream_n=(10_000, 100_000, 300_000),
-                     stream_npix=SDSS_NPIX, denoise_n=200_000, steps=30)}
+                     stream_npix=SDSS_NPIX, denoise_n=200_000, steps=30),
+         "dry": dict(npix=(300,), batch=(64,), stream_n=(1000, 2000), stream_npix=300, denoise_n=300, steps=2)}
 
 
 def log(*parts) -> None:
@@ -296,13 +297,14 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="CPU-sized grid (a few minutes)")
+    p.add_argument("--dry", action="store_true", help="toy grid: every part once, a check that the script runs")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: train,infer,spender,compile,stream,denoise")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers when streaming")
     p.add_argument("--name", default=None)
     p.add_argument("--results-dir", default=None)
     args = p.parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    grid = GRIDS["quick" if args.quick or device.type == "cpu" else "gpu"]
+    grid = GRIDS["dry" if args.dry else "quick" if args.quick or device.type == "cpu" else "gpu"]
     skip = set(filter(None, args.skip.split(",")))
     precisions = ("fp32", "bf16") if device.type == "cuda" else ("fp32",)
     figures, rows = {"device": str(device), "grid": grid}, []
