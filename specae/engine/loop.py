@@ -20,6 +20,7 @@ import json
 import math
 import pickle
 import time
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,26 +55,26 @@ class EngineConfig:
     progress: bool = True
 
 
-class Objective:
+class Objective(ABC):
     """What the engine trains. Subclasses set `monitor` (a key of `summarise`'s result to minimise, or
     None to keep the last state) and `schedule` ("cosine" or "constant"), and implement the methods."""
 
     monitor: str | None = None
     schedule: str = "cosine"
 
+    @abstractmethod
     def modules(self) -> dict[str, nn.Module]:
         """The trained modules by name; the engine moves them to the device and checkpoints them."""
-        raise NotImplementedError
 
+    @abstractmethod
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """One optimizer per name; called after the modules are on the device."""
-        raise NotImplementedError
 
+    @abstractmethod
     def train_step(self, batch: dict, ctx: "StepContext") -> dict[str, torch.Tensor]:
         """One optimisation step on `batch`; returns 0-d device tensors to average over the epoch.
         Forward passes use `ctx.trained(name)` (the DDP wrapper when distributed) under `ctx.autocast()`;
         updates go through `ctx.optimizer_step(name, loss)`."""
-        raise NotImplementedError
 
     def eval_step(self, batch: dict, ctx: "StepContext") -> dict[str, torch.Tensor]:
         """Sums over `batch` (0-d device tensors), added over batches and ranks, then `summarise`d."""
