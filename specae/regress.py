@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import torch
 import torch.nn as nn
 from scipy.optimize import minimize
 
+from specae.checkpoints import load_tensors, reading, require_files
 from specae.data.hdf5 import atomic_path
 from specae.data.sources import TensorSource
 from specae.denoise import Latents, encode
@@ -435,10 +435,8 @@ class LabelRegressor:
     def load(cls, directory) -> "LabelRegressor":
         """Read a regressor written by `save`; the weights are read as tensors only (weights_only=True)."""
         d = Path(directory)
-        for name in ("regressor.json", "weights.pt"):
-            if not (d / name).is_file():
-                raise SpecaeError(f"{d}: not a specae regressor (missing {name})")
-        try:
+        require_files(d, ("regressor.json", "weights.pt"), "regressor")
+        with reading(d, "regressor"):
             info = json.loads((d / "regressor.json").read_text())
             if info.get("format") != FORMAT or int(info.get("version", 0)) > VERSION:
                 raise ValueError("not a specae regressor of a version this specae reads")
@@ -449,11 +447,7 @@ class LabelRegressor:
                                    for n in reg.names_], dtype=np.float64)
             k, n_lab = reg.latent_dim_, len(reg.names_)
             reg.map_ = RidgeMap(k, n_lab) if reg.cfg.kind == "ridge" else MLPMap(k, n_lab, reg.cfg.hidden)
-            state = torch.load(d / "weights.pt", map_location="cpu", weights_only=True)
-            reg.map_.load_state_dict(state)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, OSError, SpecaeError,
-                pickle.UnpicklingError) as e:
-            raise SpecaeError(f"{d}: damaged or incompatible regressor ({str(e).splitlines()[0]})") from None
+            reg.map_.load_state_dict(load_tensors(d / "weights.pt"))
         reg.map_.eval()
         return reg
 

@@ -112,11 +112,11 @@ def test_a_malicious_pickle_as_checkpoint_is_refused_without_running(trained, tm
     marker = tmp_path / "pwned"
     torch.save({"convs.0.weight": _Evil(marker)}, bad / "generator" / "weights.pt")
     assert not marker.exists()
-    with pytest.raises(SpecaeError, match="damaged or unsafe checkpoint"):
+    with pytest.raises(SpecaeError, match="generator: damaged or incompatible generator checkpoint"):
         load_gan(bad)
     assert not marker.exists()
     (bad / "generator" / "weights.pt").write_bytes(b"truncated")
-    with pytest.raises(SpecaeError, match="generator: damaged or unsafe"):
+    with pytest.raises(SpecaeError, match="generator: damaged or incompatible"):
         load_gan(bad)
     (bad / "discriminator" / "config.json").write_text(json.dumps({"kind": "generator"}))
     with pytest.raises(SpecaeError, match="not a specae discriminator|damaged"):
@@ -174,6 +174,15 @@ def test_with_ema_the_averaged_generator_is_exported(data, tmp_path):
     assert not torch.allclose(exported, state["modules"]["G"]["convs.0.weight"])
     with pytest.raises(SpecaeError, match="EMA decay"):
         replace(TINY, ema=1.5).check()
+
+
+def test_selection_by_the_worst_morphology_distance_keeps_that_epoch(data):
+    _, history = fit_gan(*data, replace(TINY, epochs=3, select="morphology_max"))
+    assert len(history["val_morphology_max"]) == 3
+    assert all(w >= m for w, m in zip(history["val_morphology_max"], history["val_morphology"]))
+    assert history["best_epoch"] == int(np.argmin(history["val_morphology_max"]))
+    with pytest.raises(SpecaeError, match="unknown epoch selection"):
+        replace(TINY, select="kid").check()
 
 
 def test_fit_rejects_images_of_another_size(data):

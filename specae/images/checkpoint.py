@@ -11,13 +11,13 @@ Every weights.pt is read with torch.load(weights_only=True), so a checkpoint can
 from __future__ import annotations
 
 import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from specae.checkpoints import load_tensors, reading, require_files
 from specae.data.hdf5 import atomic_path
 from specae.errors import SpecaeError
 from specae.images.models import NetConfig, build_discriminator, build_generator
@@ -40,18 +40,13 @@ def read_checkpoint(directory, kind: str, build) -> tuple[nn.Module, dict]:
     """(module in eval mode on the CPU, config) from a directory written by `write_checkpoint` whose config
     has "kind" == `kind`; `build(config)` makes the empty module. SpecaeError for anything else."""
     d = Path(directory)
-    for name in ("config.json", "weights.pt"):
-        if not (d / name).is_file():
-            raise SpecaeError(f"{d}: not a specae {kind} checkpoint (missing {name})")
-    try:
+    require_files(d, ("config.json", "weights.pt"), f"{kind} checkpoint")
+    with reading(d, f"{kind} checkpoint"):
         config = json.loads((d / "config.json").read_text())
         if not isinstance(config, dict) or config.get("kind") != kind:
             raise ValueError(f"config.json does not describe a {kind}")
         module = build(config)
-        module.load_state_dict(torch.load(d / "weights.pt", map_location="cpu", weights_only=True))
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, OSError, EOFError,
-            pickle.UnpicklingError) as e:
-        raise SpecaeError(f"{d}: damaged or unsafe checkpoint ({str(e).splitlines()[0]})") from None
+        module.load_state_dict(load_tensors(d / "weights.pt"))
     return module.eval(), config
 
 

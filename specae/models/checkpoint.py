@@ -1,18 +1,15 @@
-"""Checkpoints: a directory with config.json (plain JSON) and weights.pt (tensors only).
-
-Loading uses torch.load(weights_only=True), so a checkpoint can never run code.
-"""
+"""Checkpoints: a directory with config.json (plain JSON) and weights.pt (tensors only, read with
+specae.checkpoints, so a checkpoint can never run code)."""
 
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import torch
 
+from specae.checkpoints import load_tensors, reading, require_files
 from specae.data.hdf5 import atomic_path
-from specae.errors import SpecaeError
 from specae.models.config import ModelConfig
 from specae.models.vae import SpectrumVAE
 
@@ -38,18 +35,13 @@ def save_model(model: SpectrumVAE, directory, history: dict | None = None) -> No
 def load_model(directory, map_location="cpu") -> SpectrumVAE:
     """Rebuild a SpectrumVAE from a checkpoint directory written by `save_model`."""
     d = Path(directory)
-    for name in ("config.json", "weights.pt"):
-        if not (d / name).is_file():
-            raise SpecaeError(f"{d}: not a specae model (missing {name})")
-    try:
+    require_files(d, ("config.json", "weights.pt"), "model")
+    with reading(d, "checkpoint"):
         cfg = ModelConfig.from_json((d / "config.json").read_text())
-        blob = torch.load(d / "weights.pt", map_location=map_location, weights_only=True)
+        blob = load_tensors(d / "weights.pt", map_location)
         wave_rest = blob.get("wave_rest")
         model = SpectrumVAE(cfg, blob["wave"].numpy(), None if wave_rest is None else wave_rest.numpy())
         model.load_state_dict(blob["state"])
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, OSError, SpecaeError,
-            pickle.UnpicklingError) as e:
-        raise SpecaeError(f"{d}: damaged or incompatible checkpoint ({str(e).splitlines()[0]})") from None
     return model.eval()
 
 
