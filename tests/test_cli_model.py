@@ -80,15 +80,17 @@ def test_train_writes_a_model_directory(vae_model):
     cfg = json.loads((vae_model / "config.json").read_text())
     assert cfg["kind"] == "vae" and cfg["latent_dim"] == 3 and cfg["npix"] == WAVE.size
     torch.load(vae_model / "weights.pt", weights_only=True)
-    assert json.loads((vae_model / "history.json").read_text())["epoch"] == [0, 1]
+    history = json.loads((vae_model / "history.json").read_text())
+    assert history["epoch"] == [0, 1] and history["engine_config"]["ema"] == 0.99   # the default average
 
 
 def test_train_reports_one_summary_line(files, tmp_path, capsys):
     code, out, err = run(capsys, "train", files["stars"], "-o", tmp_path / "m", "--epochs", "1",
-                         "--latent-dim", "2", "--quiet", "--decoder", "conv", "--device", "cpu")
+                         "--latent-dim", "2", "--quiet", "--decoder", "conv", "--device", "cpu", "--ema", "0")
     assert code == 0 and out.count("\n") == 1 and out.startswith("trained vae on 27 spectra (3 for validation)")
     assert "stopped by epochs" in out and str(tmp_path / "m") in out
     assert json.loads((tmp_path / "m" / "config.json").read_text())["decoder"] == "conv"
+    assert json.loads((tmp_path / "m" / "history.json").read_text())["engine_config"]["ema"] is None   # --ema 0
 
 
 def test_denoise_writes_flux_sigma_ids_labels(files, vae_model, tmp_path, capsys):
@@ -204,6 +206,15 @@ def test_latent_dim_must_be_a_positive_int(files, tmp_path, capsys, latent):
         main(["train", str(files["stars"]), "-o", str(tmp_path / "m"), "--latent-dim", latent])
     assert e.value.code == 2
     assert "--latent-dim" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("value", ["1", "1.5", "-0.1", "fast"])
+def test_ema_decay_must_be_in_the_unit_interval(files, tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(files["stars"]), "-o", str(tmp_path / "m"), "--ema", value])
+    assert e.value.code == 2
+    assert "--ema" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
 

@@ -26,6 +26,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def decay(text: str) -> float:
+    """argparse type: a moving-average decay in [0, 1) (0: no average)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be in [0, 1)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from specae.cli import data, gan, latent, model
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specae.cli import positive_int
+from specae.cli import decay, positive_int
 from specae.errors import SpecaeError
 
 HELD_OUT = 0.2   # fraction of the images (of the columns of tiles) kept out of training, for evaluation
@@ -54,7 +54,8 @@ def _train(args) -> None:
         train, held, data = load_split(args.images, args.tile, args.size, HELD_OUT, args.seed)
         cfg = GANConfig(size=train.size, dense=args.dense, width=args.width, latent=args.latent,
                         batch_size=args.batch_size, epochs=args.epochs, max_minutes=args.max_minutes,
-                        loss=args.loss, spectral_norm=args.spectral_norm, noise=args.noise, r1=args.r1, ema=args.ema,
+                        loss=args.loss, spectral_norm=args.spectral_norm, noise=args.noise, r1=args.r1,
+                        ema=args.ema or None,
                         diffaug=tuple(p for p in args.diffaug.split(",") if p), seed=args.seed,
                         device=args.device, precision=args.precision, progress=not args.quiet)
     _, history = fit_gan(train, held, cfg, out_dir=out, resume=args.resume, data=data)
@@ -175,7 +176,7 @@ def register(sub) -> None:
     t.add_argument("--spectral-norm", action="store_true", help="spectral norm in the discriminator")
     t.add_argument("--noise", action="store_true", help="per-pixel noise inputs in the generator (StyleGAN's)")
     t.add_argument("--r1", type=float, default=0.0, metavar="GAMMA", help="R1 penalty weight (0: off)")
-    t.add_argument("--ema", type=float, default=None, metavar="DECAY",
+    t.add_argument("--ema", type=decay, default=None, metavar="DECAY",
                    help="sample from an exponential moving average of the weights, e.g. 0.999 (default: off)")
     t.add_argument("--diffaug", default="", metavar="POLICY", help="DiffAugment, e.g. translation,cutout")
     t.add_argument("--seed", type=int, default=0, metavar="S")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from specae.cli import positive_int
+from specae.cli import decay, positive_int
 
 IN_MEMORY_BYTES = 1 << 30   # training sets up to this size (flux + ivar) are held in memory; larger ones stream
 
@@ -52,8 +52,9 @@ def _train(args) -> None:
         val = Spectra.concatenate([read_h5(p) for p in val_paths]) if val_paths else None
     model_cfg = ModelConfig(npix=npix, kind=args.model, latent_dim=args.latent_dim, decoder=args.decoder,
                             redshift=args.redshift)
+    ema = TrainConfig.ema if args.ema is None else args.ema or None
     train_cfg = TrainConfig(epochs=args.epochs, max_minutes=args.max_minutes, batch_size=args.batch_size,
-                            lr=args.lr, seed=args.seed, device=args.device, precision=args.precision,
+                            lr=args.lr, ema=ema, seed=args.seed, device=args.device, precision=args.precision,
                             distributed=args.distributed, num_workers=args.workers, progress=not args.quiet)
     _, history = fit(train, val, model_cfg, train_cfg, out_dir=args.output, resume=args.resume)
     if dist.is_initialized() and dist.get_rank() != 0:
@@ -147,6 +148,9 @@ def register(sub) -> None:
     t.add_argument("--max-minutes", type=float, default=None, metavar="M", help="wall-clock budget")
     t.add_argument("--batch-size", type=positive_int, default=64, metavar="B", help="global batch (all ranks)")
     t.add_argument("--lr", type=float, default=1e-3, metavar="LR")
+    t.add_argument("--ema", type=decay, default=None, metavar="DECAY",
+                   help="decay of the moving average of the weights that is validated and kept (default 0.99; "
+                        "0: the weights themselves)")
     t.add_argument("--seed", type=int, default=0, metavar="S")
     t.add_argument("--resume", action="store_true", help="continue the run saved in MODEL")
     t.add_argument("--redshift", metavar="LABEL", default=None,

@@ -170,16 +170,19 @@ class ProgressBar(Callback):
 
 
 class _Average:
-    """Exponential moving average of the trained parameters, updated on the device after every step."""
+    """Exponential moving average of the trained parameters, updated on the device after every step. The
+    decay warms up as min(decay, (1 + step) / (10 + step)), so the average forgets the untrained start
+    within the first steps instead of carrying it for 1 / (1 - decay) of them."""
 
     def __init__(self, mods: dict, decay: float):
         self.decay = decay
         self.live = [p for m in mods.values() for p in m.parameters() if p.requires_grad]
         self.avg = [p.detach().clone() for p in self.live]
 
-    def update(self) -> None:
+    def update(self, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            torch._foreach_lerp_(self.avg, [p.detach() for p in self.live], 1 - self.decay)
+            torch._foreach_lerp_(self.avg, [p.detach() for p in self.live], 1 - decay)
 
     @contextlib.contextmanager
     def swapped(self):
@@ -321,7 +324,7 @@ def train(objective: Objective, train_src, val_src, cfg: EngineConfig, out_dir=N
                 batch = train_src.transform(batch)
             metrics = objective.train_step(batch, ctx)
             if average:
-                average.update()
+                average.update(ctx.step)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
             n_steps += 1
