@@ -104,6 +104,35 @@ def misfit_variance(x, ivar, mu, var, half_width: int = MISFIT_HALF_WIDTH, alpha
     return torch.where(stat > limit, excess / n.clamp_min(1), torch.zeros_like(mu)).clamp_min(0)
 
 
+# The spread of one spectrum's model error around the population's: log s^2 ~ N(0, SPECTRUM_SCALE_PRIOR^2), a
+# weakly informative prior (a factor e in variance at 1 sigma) that lets a spectrum's own residuals move its
+# model variance only as far as they can tell
+SPECTRUM_SCALE_PRIOR = 1.0
+
+
+def spectrum_scale(x, ivar, mu, var_other, var_model, prior: float = SPECTRUM_SCALE_PRIOR, steps: int = 30):
+    """Factor s^2 (B, 1) on each spectrum's model variance, from the spectrum's own residuals.
+
+    The model variance is calibrated on a population, whose fits are good for most spectra and poor for a
+    few (heavier tails from spectrum to spectrum than one scale describes). With each pixel's prediction mu
+    from the *other* pixels, x - mu ~ N(0, 1/ivar + var_other + s^2 var_model) over the valid pixels; s^2
+    is the posterior mode under the prior log s^2 ~ N(0, prior^2) (Fisher scoring on log s^2). A low-S/N
+    spectrum, whose residuals cannot tell, keeps s^2 near 1; a bright one moves to what its residuals say.
+    """
+    valid = ivar > 0
+    r2 = torch.where(valid, (x - mu) ** 2, torch.zeros_like(mu))
+    base = torch.where(valid, 1 / ivar.clamp_min(1e-30), torch.ones_like(ivar)) + var_other
+    vm = torch.where(valid, var_model, torch.zeros_like(var_model))
+    t = torch.zeros(x.shape[0], 1, dtype=mu.dtype, device=mu.device)                  # log s^2
+    for _ in range(steps):
+        v = base + t.exp() * vm
+        w = t.exp() * vm / v                                                        # d log v / d log s^2
+        grad = 0.5 * (w * (1 - r2 / v)).sum(1, keepdim=True) + t / prior ** 2
+        info = 0.5 * (w * w).sum(1, keepdim=True) + 1 / prior ** 2
+        t = (t - grad / info).clamp(-10, 10)
+    return t.exp()
+
+
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -147,7 +176,8 @@ def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, g
 
     `combine` updates each pixel with its own measurement: the model's prediction of that pixel from all
     the *other* pixels (the Laplace posterior with the pixel left out, a rank-one downdate) is averaged
-    with the measurement by their precisions, so no pixel is counted twice. Where the model is sure (a
+    with the measurement by their precisions, so no pixel is counted twice. Those predictions also set
+    each spectrum's own model-variance scale (`spectrum_scale`) and its local misfit (`misfit_variance`). Where the model is sure (a
     stellar continuum) this is the model's value; where the data are (a strong emission line the latents
     cannot follow) it is the data's. None (default): on for the laplace and decoder posteriors, which
     allow it; False: the model's prediction alone.
@@ -186,6 +216,7 @@ def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, g
         mu = mu - torch.where(b.ivar > 0, w * (b.x - mu) * var_lat / keep, torch.zeros_like(mu))
         var_lat = var_lat / keep
         var_mod = bb ** 2 * var_mod
+        var_mod = var_mod * spectrum_scale(b.x, b.ivar, mu, a ** 2 * var_lat, var_mod)
         var_mod = var_mod + misfit_variance(b.x, b.ivar, mu, a ** 2 * var_lat + var_mod)
         v_model = a ** 2 * var_lat + var_mod
         precision = 1 / v_model.clamp_min(1e-30) + b.ivar

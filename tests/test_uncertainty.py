@@ -187,3 +187,25 @@ def test_misfit_variance_flags_a_line_the_model_lacks_and_nothing_else():
     quiet = np.r_[0:95, 108:200]
     assert np.mean(extra[:, quiet] > 0) < 1e-3
     assert np.isfinite(extra).all() and (extra >= 0).all()
+
+
+def test_spectrum_scale_follows_what_a_spectrum_s_residuals_can_tell():
+    import torch
+
+    from specae.denoise import spectrum_scale
+    rng = np.random.default_rng(4)
+    npix, var_model = 2000, 0.01
+    # rows: model error 4x the calibrated variance, bright (noise << model error); the same, faint (noise
+    # >> model error); as calibrated, bright; a quarter of it, bright; with masked pixels
+    true_var = np.array([4, 4, 1, 0.25, 4])[:, None] * var_model
+    noise_var = np.array([1e-4, 10.0, 1e-4, 1e-4, 1e-4])[:, None]
+    r = np.sqrt(true_var + noise_var) * rng.standard_normal((5, npix))
+    ivar = np.broadcast_to(1 / noise_var, (5, npix)).copy()
+    ivar[4, :1500] = 0
+    x, mu = torch.from_numpy(r), torch.zeros(5, npix, dtype=torch.float64)
+    s2 = spectrum_scale(x, torch.from_numpy(ivar), mu, 0.0, torch.full((5, npix), var_model, dtype=torch.float64))
+    s2 = s2.numpy()[:, 0]
+    assert s2.shape == (5,) and np.isfinite(s2).all()
+    assert 3.5 < s2[0] < 4.5 and 3.5 < s2[4] < 4.6          # bright: what the residuals say (500 pixels suffice)
+    assert 0.8 < s2[1] < 1.25                                # faint: the residuals cannot tell; the prior holds
+    assert 0.9 < s2[2] < 1.1 and 0.2 < s2[3] < 0.3
