@@ -69,6 +69,10 @@ def main(argv=None) -> dict:
     p.add_argument("--spectral-norm", action="store_true")
     p.add_argument("--noise", action="store_true", help="per-pixel noise inputs in the generator")
     p.add_argument("--diffaug", default="", help="e.g. translation,cutout")
+    p.add_argument("--softening", type=float, default=GANConfig.softening,
+                   help="linear range of the flux stretch in sky-noise units")
+    p.add_argument("--select", choices=("morphology", "morphology_max"), default="morphology_max",
+                   help="the epoch kept: mean or worst normalised morphology distance to training images")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32")
@@ -85,8 +89,9 @@ def main(argv=None) -> dict:
     cfg = GANConfig(dense=args.model == "dense", width=args.width or (64 if args.model == "dense" else 32),
                     batch_size=args.batch_size, epochs=args.epochs, max_minutes=args.minutes, ema=args.ema,
                     loss=args.loss, spectral_norm=args.spectral_norm, noise=args.noise,
-                    diffaug=tuple(x for x in args.diffaug.split(",") if x), seed=args.seed, device=args.device,
-                    precision=args.precision, progress=False)
+                    diffaug=tuple(x for x in args.diffaug.split(",") if x), select=args.select,
+                    softening=args.softening, seed=args.seed,
+                    device=args.device, precision=args.precision, progress=False)
     held = galaxies(256, seed=3)            # validation: D's scores during training, apart from the test set
     cpu_budget = args.cpu_minutes if args.cpu_minutes or args.minutes else 5.0
     if cpu_budget:
@@ -106,8 +111,8 @@ def main(argv=None) -> dict:
                "n_test": len(test), "epochs": len(history["epoch"]),
                "train_minutes": history["minutes"], "train_cpu_minutes": cpu_minutes, "data_seconds": t_data, "eval_seconds": t_eval,
                "evaluation": report, "targets": TARGETS, "meets": checks, "best_epoch": history["best_epoch"],
-               "history": {k: history[k] for k in ("val_morphology", "val_p_real", "val_p_fake", "train_loss_d",
-                                                   "train_loss_g")}}
+               "history": {k: history[k] for k in ("val_morphology", "val_morphology_max", "val_p_real", "val_p_fake",
+                                                   "train_loss_d", "train_loss_g")}}
     rows = [{"metric": f"W1/std {k}", "GAN": v["gan"], "real vs real": v["real"]} for k, v in report["morphology"].items()]
     rows += [{"metric": name, "GAN": report[key]["gan"], "real vs real": report[key]["real"]}
              for name, key in (("mean W1/std", "morphology_mean"), ("KID", "kid"), ("precision", "precision"),

@@ -207,6 +207,13 @@ def test_asinh_stretch_round_trip_is_exact_and_keeps_zero_at_zero():
     assert AsinhStretch.from_dict(s.to_dict()) == s
     with pytest.raises(SpecaeError, match="no signal"):
         AsinhStretch.fit(np.zeros((3, 1, 4, 4)))
+    soft = AsinhStretch.fit(sky, softening=10)                        # linear up to 10 sigma of the sky
+    np.testing.assert_allclose(soft.scale, 10 * np.array(s.scale))
+    assert soft.peak == s.peak
+    np.testing.assert_allclose(soft.inverse(soft.forward(sky)), sky, rtol=2e-6, atol=1e-6 * max(soft.scale))
+    assert soft.forward(sky[5:]).std() < y[5:].std() / 5                # the sky noise compressed
+    with pytest.raises(SpecaeError, match="softening must be positive"):
+        AsinhStretch.fit(sky, softening=0)
 
 
 def test_flip_rot_only_moves_pixels_and_draws_all_eight_symmetries():

@@ -55,14 +55,15 @@ def _train(args) -> None:
         cfg = GANConfig(size=train.size, dense=args.dense, width=args.width, latent=args.latent,
                         batch_size=args.batch_size, epochs=args.epochs, max_minutes=args.max_minutes,
                         loss=args.loss, spectral_norm=args.spectral_norm, noise=args.noise, r1=args.r1,
-                        ema=args.ema or None,
+                        ema=args.ema or None, select=args.select, softening=args.softening,
                         diffaug=tuple(p for p in args.diffaug.split(",") if p), seed=args.seed,
                         device=args.device, precision=args.precision, progress=not args.quiet)
     _, history = fit_gan(train, held, cfg, out_dir=out, resume=args.resume, data=data)
     best = history["best_epoch"]
     print(f"trained a {'dense' if cfg.dense else 'DCGAN'} {cfg.size}x{cfg.size} GAN on {len(train)} images "
           f"({len(held)} held out) for {len(history['epoch'])} epochs, stopped by {history['stopped']}; kept "
-          f"epoch {best + 1} (mean morphology distance to the training images {history['val_morphology'][best]:.3f}, "
+          f"epoch {best + 1} (morphology distance to the training images: mean {history['val_morphology'][best]:.3f}, "
+          f"worst {history['val_morphology_max'][best]:.3f}; "
           f"D on held-out real / generated {history['val_p_real'][best]:.3f} / {history['val_p_fake'][best]:.3f}); "
           f"GAN in {out}")
 
@@ -179,6 +180,10 @@ def register(sub) -> None:
     t.add_argument("--ema", type=decay, default=None, metavar="DECAY",
                    help="sample from an exponential moving average of the weights, e.g. 0.999 (default: off)")
     t.add_argument("--diffaug", default="", metavar="POLICY", help="DiffAugment, e.g. translation,cutout")
+    t.add_argument("--softening", type=float, default=10.0, metavar="S",
+                   help="linear range of the asinh flux stretch in units of the sky noise (default 10)")
+    t.add_argument("--select", choices=("morphology_max", "morphology"), default="morphology_max",
+                   help="keep the epoch whose worst (default) or mean morphology distance to training images is least")
     t.add_argument("--seed", type=int, default=0, metavar="S")
     t.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")

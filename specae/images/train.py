@@ -49,7 +49,7 @@ def fit_gan(train: Images, val: Images | None = None, cfg: GANConfig | None = No
     if resume and earlier and (earlier / "config.json").is_file():
         stretch = load_net(earlier, "generator")[2]     # the stretch the run started with
     else:
-        stretch = AsinhStretch.fit(train.pixels)
+        stretch = AsinhStretch.fit(train.pixels, cfg.softening)
     net = cfg.net(train.pixels.shape[1])
     has_val = val is not None and len(val) > 0
     rows = np.random.default_rng(cfg.seed).permutation(len(train))[:cfg.reference_rows]

@@ -2,8 +2,8 @@
 
     y = asinh(x / scale) / asinh(peak / scale)      per channel; x in the images' units, y in [-1, 1]
 
-`scale` is the sky noise (linear below it, logarithmic above, as in Lupton et al. 1999), `peak` the
-largest |x| of the training images, so zero flux stays 0 and the stretch is exactly invertible.
+`scale` is a multiple of the sky noise (linear below it, logarithmic above, as in Lupton et al. 1999),
+`peak` the largest |x| of the training images, so zero flux stays 0 and the stretch is exactly invertible.
 Augmentation is the 8 flips and 90-degree rotations of the square only: they move pixels, never change
 their values, so fluxes and colours survive (the sky has no preferred orientation).
 """
@@ -26,15 +26,19 @@ class AsinhStretch:
     peak: tuple[float, ...]    # (C,) the largest |x| per channel; maps to +-1
 
     @classmethod
-    def fit(cls, pixels: np.ndarray) -> "AsinhStretch":
-        """The stretch for images (N, C, H, W): scale = robust noise of the sky (1.4826 MAD), peak = max |x|."""
+    def fit(cls, pixels: np.ndarray, softening: float = 1.0) -> "AsinhStretch":
+        """The stretch for images (N, C, H, W): scale = `softening` x the robust noise of the sky (1.4826 MAD),
+        peak = max |x|. A softening of 1 shows the faintest structure (display); a generator learns better
+        with the noise compressed (specae.images.objective.GANConfig.softening)."""
+        if not softening > 0:
+            raise SpecaeError(f"stretch softening must be positive, got {softening}")
         flat = np.moveaxis(np.asarray(pixels, np.float64), 1, 0).reshape(pixels.shape[1], -1)   # (C, N*H*W)
         peak = np.abs(flat).max(axis=1)
         if not (peak > 0).all():
             raise SpecaeError("the images hold no signal (a channel is zero everywhere); cannot fit a stretch")
         mad = np.median(np.abs(flat - np.median(flat, axis=1, keepdims=True)), axis=1)
         scale = np.where(mad > 0, MAD_TO_SIGMA * mad, 1e-3 * peak)   # noise-free images: soften at 1e-3 of the peak
-        return cls(tuple(map(float, scale)), tuple(map(float, peak)))
+        return cls(tuple(map(float, softening * scale)), tuple(map(float, peak)))
 
     def _ab(self) -> tuple[np.ndarray, np.ndarray]:
         """scale and asinh(peak / scale), (C, 1, 1): broadcast over images (..., C, H, W)."""
