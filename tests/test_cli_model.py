@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import specae.denoise
 from specae.cli import main
 from specae.data.hdf5 import read_h5, write_h5
 from specae.data.resample import loglam_grid
@@ -326,20 +327,25 @@ def test_demo_with_a_tiny_budget(tmp_path, capsys, monkeypatch):
     assert not (out / "data").exists()   # the bundled set was used, not regenerated
 
 
-def test_denoise_combines_with_the_data_unless_told_not_to(files, vae_model, tmp_path, capsys):
-    a, b = tmp_path / "combined.h5", tmp_path / "alone.h5"
+def test_denoise_combines_with_the_data_unless_told_not_to(files, vae_model, tmp_path, capsys, monkeypatch):
+    a, b, c = tmp_path / "combined.h5", tmp_path / "alone.h5", tmp_path / "unscaled.h5"
     assert run(capsys, "denoise", vae_model, files["stars"], "-o", a)[0] == 0
     assert run(capsys, "denoise", vae_model, files["stars"], "-o", b, "--no-combine")[0] == 0
+    with monkeypatch.context() as m:   # each spectrum's own model-variance scale held at 1
+        m.setattr(specae.denoise, "spectrum_scale", lambda *args, **kw: 1.0)
+        assert run(capsys, "denoise", vae_model, files["stars"], "-o", c)[0] == 0
     ca, cb = read_h5(a), read_h5(b)
-    with h5py.File(a) as fa, h5py.File(b) as fb:
-        sa, sb = fa["flux_sigma"][()], fb["flux_sigma"][()]
+    with h5py.File(a) as fa, h5py.File(b) as fb, h5py.File(c) as fc:
+        sa, sb, sc = fa["flux_sigma"][()], fb["flux_sigma"][()], fc["flux_sigma"][()]
         assert "model alone" in fb.attrs["source"] and "model alone" not in fa.attrs["source"]
     src = read_h5(files["stars"])
     measured = ~src.mask
     # the combination leans towards each measured pixel and is more precise than the measurement there, and
-    # than the model alone except where the neighbours reject the model; inpainted pixels keep their values
+    # than the model alone except where the spectrum's residuals or the pixel's neighbours widen the model
+    # variance (this tiny model fits poorly); inpainted pixels keep their values
     noise = 1 / np.sqrt(src.ivar[measured])
     assert np.all(sa[measured] <= noise * (1 + 1e-5)) and np.any(sa[measured] < 0.99 * sb[measured])
-    assert np.mean(sa[measured] <= sb[measured] * (1 + 1e-6)) > 0.95   # this tiny model misses a few lines
+    assert np.mean(sc[measured] <= sb[measured] * (1 + 1e-6)) > 0.95   # this tiny model misses a few lines
+    assert not np.allclose(sa, sc)                                     # ... and its spectra's scales differ
     np.testing.assert_allclose(ca.flux[~measured], cb.flux[~measured], rtol=1e-5, atol=1e-6)
     assert np.mean(np.abs(ca.flux - src.flux)[measured]) < np.mean(np.abs(cb.flux - src.flux)[measured])
