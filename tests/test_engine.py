@@ -424,14 +424,17 @@ def test_moving_average_of_the_weights_is_what_is_evaluated_and_kept(stars, tmp_
     assert any(not torch.equal(live[n], avg) for n, avg in zip(names, state["average"]))
 
 
-def test_weight_average_forgets_the_untrained_start_within_the_first_steps():
+def test_weight_average_forgets_the_untrained_start_and_ignores_skipped_steps():
     from specae.engine.loop import _Average
     w = torch.nn.Parameter(torch.zeros(1))
     average = _Average({"m": torch.nn.Module()}, 0.999)
     average.live, average.avg = [w], [torch.zeros(1)]
     with torch.no_grad():
         w.fill_(1.0)
-    average.update(0)                       # decay 1/10 at the first step, not 0.999
+    taken, skipped = torch.tensor(1.0), torch.tensor(0.0)
+    average.update(0, taken)                # decay 1/10 at the first step, not 0.999
     assert average.avg[0].item() == pytest.approx(0.9)
-    average.update(10 ** 6)                 # later the configured decay: 0.9 -> 0.9 + 0.001 * 0.1
+    average.update(10 ** 6, taken)          # later the configured decay: 0.9 -> 0.9 + 0.001 * 0.1
+    assert average.avg[0].item() == pytest.approx(0.9001)
+    average.update(10 ** 6, skipped)        # a skipped step (non-finite loss) leaves the average alone
     assert average.avg[0].item() == pytest.approx(0.9001)

@@ -179,10 +179,14 @@ class _Average:
         self.live = [p for m in mods.values() for p in m.parameters() if p.requires_grad]
         self.avg = [p.detach().clone() for p in self.live]
 
-    def update(self, step: int) -> None:
+    def update(self, step: int, taken: torch.Tensor) -> None:
+        """Move the average towards the weights; `taken` (0-d, on the device) is 0 when the step was
+        skipped (a non-finite loss), so the average then stays where it is."""
         decay = min(self.decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            torch._foreach_lerp_(self.avg, [p.detach() for p in self.live], 1 - decay)
+            diff = torch._foreach_sub([p.detach() for p in self.live], self.avg)
+            torch._foreach_mul_(diff, (1 - decay) * taken)
+            torch._foreach_add_(self.avg, diff)
 
     @contextlib.contextmanager
     def swapped(self):
@@ -324,7 +328,7 @@ def train(objective: Objective, train_src, val_src, cfg: EngineConfig, out_dir=N
                 batch = train_src.transform(batch)
             metrics = objective.train_step(batch, ctx)
             if average:
-                average.update(ctx.step)
+                average.update(ctx.step, (ctx.bad_run == 0).float())
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
             n_steps += 1
