@@ -28,7 +28,7 @@ from specae.engine import Callback
 from specae.images.evaluate import evaluate_gan
 from specae.images.figures import grid_array
 from specae.images.latent import measured, property_direction, render, size_shape_analogy, traverse
-from specae.images.objective import GANConfig
+from specae.images.objective import SELECT, GANConfig
 from specae.images.sampling import latents, sample
 from specae.images.synthetic import galaxies
 from specae.images.train import fit_gan
@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
     p.add_argument("--diffaug", default="", help="e.g. translation,cutout")
     p.add_argument("--softening", type=float, default=GANConfig.softening,
                    help="linear range of the flux stretch in sky-noise units")
-    p.add_argument("--select", choices=("morphology", "morphology_max"), default="morphology_max",
+    p.add_argument("--select", choices=SELECT, default=GANConfig.select,
                    help="the epoch kept: mean or worst normalised morphology distance to training images")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")

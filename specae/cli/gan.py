@@ -55,9 +55,10 @@ def _train(args) -> None:
         cfg = GANConfig(size=train.size, dense=args.dense, width=args.width, latent=args.latent,
                         batch_size=args.batch_size, epochs=args.epochs, max_minutes=args.max_minutes,
                         loss=args.loss, spectral_norm=args.spectral_norm, noise=args.noise, r1=args.r1,
-                        ema=args.ema or None, select=args.select, softening=args.softening,
+                        ema=args.ema or None,
                         diffaug=tuple(p for p in args.diffaug.split(",") if p), seed=args.seed,
-                        device=args.device, precision=args.precision, progress=not args.quiet)
+                        device=args.device, precision=args.precision, progress=not args.quiet,
+                        **{k: v for k in ("softening", "select") if (v := getattr(args, k)) is not None})
     _, history = fit_gan(train, held, cfg, out_dir=out, resume=args.resume, data=data)
     best = history["best_epoch"]
     print(f"trained a {'dense' if cfg.dense else 'DCGAN'} {cfg.size}x{cfg.size} GAN on {len(train)} images "
@@ -180,9 +181,9 @@ def register(sub) -> None:
     t.add_argument("--ema", type=decay, default=None, metavar="DECAY",
                    help="sample from an exponential moving average of the weights, e.g. 0.999 (default: off)")
     t.add_argument("--diffaug", default="", metavar="POLICY", help="DiffAugment, e.g. translation,cutout")
-    t.add_argument("--softening", type=float, default=10.0, metavar="S",
+    t.add_argument("--softening", type=float, default=None, metavar="S",
                    help="linear range of the asinh flux stretch in units of the sky noise (default 10)")
-    t.add_argument("--select", choices=("morphology_max", "morphology"), default="morphology_max",
+    t.add_argument("--select", choices=("morphology_max", "morphology"), default=None,
                    help="keep the epoch whose worst (default) or mean morphology distance to training images is least")
     t.add_argument("--seed", type=int, default=0, metavar="S")
     t.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N")

@@ -76,8 +76,6 @@ class GANConfig(EngineConfig):
         unknown = [p for p in self.diffaug if p not in DIFFAUG]
         if unknown:
             raise SpecaeError(f"unknown DiffAugment policy {unknown} (use {', '.join(DIFFAUG)})")
-        if not self.softening > 0:
-            raise SpecaeError(f"stretch softening must be positive, got {self.softening}")
         if self.select not in SELECT:
             raise SpecaeError(f"unknown epoch selection {self.select!r} (use {' or '.join(SELECT)})")
         if self.ema is not None and not 0 < self.ema < 1:
