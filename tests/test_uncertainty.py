@@ -209,3 +209,17 @@ def test_spectrum_scale_follows_what_a_spectrum_s_residuals_can_tell():
     assert 3.5 < s2[0] < 4.5 and 3.5 < s2[4] < 4.6          # bright: what the residuals say (500 pixels suffice)
     assert 0.8 < s2[1] < 1.25                                # faint: the residuals cannot tell; the prior holds
     assert 0.9 < s2[2] < 1.1 and 0.2 < s2[3] < 0.3
+
+
+def test_model_scale_describes_the_pixels_the_model_follows_not_its_outliers():
+    rng = np.random.default_rng(2)
+    n, npix = 300, 400
+    noise = rng.uniform(0.01, 0.05, (n, 1)) * np.ones((1, npix))
+    var_mod = rng.uniform(0.01, 0.05, (n, npix)) ** 2
+    wide = rng.uniform(size=(n, npix)) < 0.1                    # a tenth of the pixels miss by 5x more
+    err = 0.6 * np.sqrt(var_mod) * np.where(wide, 5.0, 1.0) * rng.standard_normal((n, npix))
+    x = err + noise * rng.standard_normal((n, npix))
+    ivar = noise ** -2
+    b = model_scale(x, ivar, np.zeros_like(x), var_mod)
+    assert b == pytest.approx(0.6, rel=0.1)                      # one Gaussian: about 1.1
+    assert 0.66 < coverage(err[~wide], b * np.sqrt(var_mod[~wide]), np.zeros(int((~wide).sum()))) < 0.71
