@@ -5,6 +5,7 @@
     python -m benchmarks.quality --set galaxy --n-train 3000 --minutes 15
     python -m benchmarks.quality --set payne --sweep n-train=1000,10000,100000 --methods vae-mlp,pca
     python -m benchmarks.quality --set payne --sweep latent=4,6,8,12 --methods vae-mlp,pca
+    python -m benchmarks.quality --set payne --n-train 100000 --stream /tmp/specae-bench --methods vae-mlp,pca
 
 Data: the Payne APOGEE emulator (../shared/data/payne; S/N 5-80, APOGEE's bad pixels and random masked
 chunks) or the synthetic galaxies (galaxy_spectra + add_noise; specae and spender decode in the rest frame
@@ -20,6 +21,7 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,6 +48,7 @@ R2_LABELS = {"payne": {"TEFF": None, "LOGG": None, "FE_H": None},
 RIDGE_ALPHA = 1.0            # on standardised latents: a guard against collinear latents, not a prior
 RIDGE_MAX_TRAIN = 5000       # training latents used for the ridge fit (encoding 1e5 spectra adds nothing)
 CHUNK = 10_000               # spectra generated per chunk (bounds the emulator's float64 temporaries)
+IN_MEMORY_MAX = 20_000       # with --stream, training rows kept in memory for the methods that need them there
 QUICK = {"n_train": 400, "n_test": 100, "pixels": "1000", "minutes": 0.3, "samples": 16, "spender_minutes": 0.3}
 
 
@@ -60,9 +63,20 @@ class Dataset:
     lines: np.ndarray | None              # (N_test, npix) emission-line pixels (galaxies)
     redshift: str | None                  # label holding z for the rest-frame models
     emulator: PayneEmulator | None = None
+    files: tuple = ()                     # --stream: the whole training set in HDF5 files of CHUNK rows, which
+                                          # specae streams; `train` then holds their first IN_MEMORY_MAX rows
+
+    @property
+    def n_train(self) -> int:
+        return len(self.files) * CHUNK if self.files else len(self.train)
 
     def with_train(self, n: int) -> "Dataset":
-        return replace(self, train=self.train[:n])
+        """The first n training spectra (from the files when they do not fit in memory)."""
+        if n <= len(self.train):
+            return replace(self, train=self.train[:n], files=())
+        if n % CHUNK:
+            raise SystemExit(f"streamed training sets come in multiples of {CHUNK} spectra, not {n}")
+        return replace(self, files=self.files[:n // CHUNK])
 
 
 @dataclass
@@ -90,9 +104,16 @@ def _window(npix: int, spec: str | None) -> slice:
     return slice((npix - n) // 2, (npix - n) // 2 + n)
 
 
-def make_dataset(name: str, n_train: int, n_test: int, pixels: str | None = None, seed: int = 0) -> Dataset:
+def make_dataset(name: str, n_train: int, n_test: int, pixels: str | None = None, seed: int = 0,
+                 stream=None) -> Dataset:
     """The named set; the test set depends on (seed, n_test, pixels) only, so every training size and latent
-    size of a sweep is scored on the same spectra, and smaller training sets are prefixes of larger ones."""
+    size of a sweep is scored on the same spectra, and smaller training sets are prefixes of larger ones.
+    With `stream` (a directory) a training set above IN_MEMORY_MAX rows is written there in HDF5 files
+    (reused when present: the chunks are deterministic) and only its first IN_MEMORY_MAX rows are kept."""
+    if stream and n_train > IN_MEMORY_MAX:
+        if n_train % CHUNK:
+            raise SystemExit(f"--stream: --n-train must be a multiple of {CHUNK}")
+        return _streamed(name, n_train, n_test, pixels, seed, Path(stream))
     if name == "payne":
         directory = default_payne_dir()
         if directory is None:
@@ -112,6 +133,33 @@ def make_dataset(name: str, n_train: int, n_test: int, pixels: str | None = None
                                                seed=[seed, 3, a]) for a in range(0, n_train, CHUNK)])
         return Dataset(name, train, test, clean.flux, np.ones(wave.size, bool), emission_line_pixels(test), "Z")
     raise SystemExit(f"unknown set {name!r} (payne or galaxy)")
+
+
+def _streamed(name: str, n_train: int, n_test: int, pixels: str | None, seed: int, directory: Path) -> Dataset:
+    """make_dataset with the training set in files of CHUNK rows, generated chunk by chunk."""
+    from specae.data.hdf5 import write_h5
+
+    ds = make_dataset(name, CHUNK, n_test, pixels, seed)       # the test set and the first chunk
+    directory.mkdir(parents=True, exist_ok=True)
+    files, kept = [], []
+    for a in range(0, n_train, CHUNK):
+        path = directory / f"{name}-{pixels or 'all'}-seed{seed}-{a:07d}.h5"
+        chunk = None
+        if a < IN_MEMORY_MAX or not path.exists():
+            chunk = ds.train if a == 0 else _chunk(ds, a, seed)
+        if not path.exists():
+            write_h5(chunk, path)
+        if a < IN_MEMORY_MAX:
+            kept.append(chunk)
+        files.append(path)
+    return replace(ds, train=Spectra.concatenate(kept), files=tuple(files))
+
+
+def _chunk(ds: Dataset, a: int, seed: int) -> Spectra:
+    """Training spectra a .. a + CHUNK of the set, as make_dataset draws them."""
+    if ds.emulator is not None:
+        return ds.emulator.mock(CHUNK, seed=[seed, 0, a])[0]
+    return add_noise(galaxy_spectra(CHUNK, seed=[seed, 0, a], wave=ds.test.wave), seed=[seed, 3, a])
 
 
 def emission_line_pixels(s: Spectra) -> np.ndarray:
@@ -147,14 +195,16 @@ def run_specae(ds: Dataset, method: str, args, overrides: dict | None = None) ->
         base, overrides = args.variants[method]
     kind, decoder = SPECAE[base]
     model_keys = {f.name for f in fields(ModelConfig)}
-    fit_set, val = ds.train.split((0.9, 0.1), seed=args.seed)
     model_cfg = ModelConfig(npix=ds.train.npix, kind=kind, latent_dim=args.latent_dim, decoder=decoder,
                             redshift=ds.redshift)
     train_cfg = TrainConfig(epochs=args.epochs, max_minutes=args.minutes, seed=args.seed, device=args.device,
                             progress=False)
     model_cfg = replace(model_cfg, **{k: v for k, v in overrides.items() if k in model_keys})
     train_cfg = replace(train_cfg, **{k: v for k, v in overrides.items() if k not in model_keys})
-    model, hist = fit(fit_set, val, model_cfg, train_cfg)
+    if ds.files:     # a tenth of the files' row blocks validate
+        model, hist = fit([str(p) for p in ds.files], None, model_cfg, replace(train_cfg, val_fraction=0.1))
+    else:
+        model, hist = fit(*ds.train.split((0.9, 0.1), seed=args.seed), model_cfg, train_cfg)
     t0 = time.perf_counter()
     d = denoise(model, ds.test, n_samples=args.samples)   # the default: combined with the data where it helps
     seconds = time.perf_counter() - t0
@@ -163,6 +213,7 @@ def run_specae(ds: Dataset, method: str, args, overrides: dict | None = None) ->
     latents = tuple(_latent_mean(encode(model, s, posterior="encoder")) for s in (_ridge_subset(ds.train, args.seed),
                                                                                  ds.test))
     info = {"epochs": len(hist["epoch"]), "best_epoch": hist["best_epoch"], "overrides": overrides,
+            "train_rows": hist["n_train"], "val_rows": hist["n_val"],
             "unseen_fraction": float(np.mean(getattr(d, "unseen", False)))}
     out = {method: Output(d.flux, d.sigma, latents, None, hist["minutes"], seconds, info)}
     if args.combine and kind == "vae":              # the AE has no latent posterior to leave a pixel out of
@@ -433,6 +484,9 @@ def parse(argv):
                    help="a specae method with ModelConfig/TrainConfig fields changed, e.g. "
                         "heldout=vae-mlp:monitor=heldout_chi2_dof (repeatable; added to --methods)")
     p.add_argument("--sweep", default=None, help='"n-train=1000,10000,100000" or "latent=4,6,8,12"')
+    p.add_argument("--stream", default=None, metavar="DIR",
+                   help=f"training sets above {IN_MEMORY_MAX} spectra go to HDF5 files in DIR (reused by later "
+                        f"runs) and specae streams them, as `specae train` does")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -475,7 +529,7 @@ def main(argv: list[str] | None = None) -> dict:
     suffix = (f"-sweep-{args.sweep[0]}" if args.sweep else "") + ("-quick" if args.quick else "")
     name = args.name or f"quality-{args.set}{suffix}"
     n_max = max(args.sweep[1]) if args.sweep and args.sweep[0] == "n-train" else args.n_train
-    ds = make_dataset(args.set, n_max, args.n_test, args.pixels, args.seed)
+    ds = make_dataset(args.set, n_max, args.n_test, args.pixels, args.seed, args.stream)
     base = {"set": args.set, "options": vars(args), "npix": ds.test.npix, "n_test": len(ds.test),
             "wave_range": [float(ds.test.wave[0]), float(ds.test.wave[-1])]}
     notes = [
@@ -492,12 +546,15 @@ def main(argv: list[str] | None = None) -> dict:
         notes.append("Lines: pixels within 5 Å (rest) of [OII] 3727/3730, Hβ, [OIII] 4960/5008, Hα, [NII] "
                      "6550/6585, [SII] 6718/6733 in galaxies with EW(Hα) > 20 Å. specae and spender decode "
                      "in the rest frame (known z); PCA and Savitzky-Golay work in the observed frame.")
+    if ds.files:
+        notes.append(f"Training sets above {IN_MEMORY_MAX} spectra are streamed to specae from HDF5 files; "
+                     f"the other methods fit their first {IN_MEMORY_MAX} spectra, held in memory.")
 
     if not args.sweep:
         figures, rows, outputs = evaluate(ds, args)
         plots = {"rmse": plot_rmse(figures), "example": plot_example(ds, outputs)}
         wall = {"wall_minutes": (time.perf_counter() - started) / 60}
-        return write_results(name, {**base, "n_train": len(ds.train), **figures, **wall}, rows, command, plots,
+        return write_results(name, {**base, "n_train": ds.n_train, **figures, **wall}, rows, command, plots,
                              args.results_dir, device, notes)
 
     param, values = args.sweep
@@ -506,7 +563,7 @@ def main(argv: list[str] | None = None) -> dict:
         point_args = replace_ns(args, latent_dim=v) if param == "latent" else args
         point = ds.with_train(v) if param == "n-train" else ds
         figures, point_rows, _ = evaluate(point, point_args, cache)
-        per_value.append({param: v, "n_train": len(point.train), **figures})
+        per_value.append({param: v, "n_train": point.n_train, **figures})
         rows += [{param: v, **r} for r in point_rows]
     reference = "oracle" if ds.emulator is not None else "noisy"
     wall = {"wall_minutes": (time.perf_counter() - started) / 60}

@@ -88,3 +88,24 @@ def test_write_results_leaves_nothing_when_a_plot_fails(tmp_path):
     data = json.loads(written["x.json"].read_text())
     assert data["figures"] == {"a": 2.5, "b": None, "c": [0, 1]}
     assert "| a | 1.23e-04 |" in written["x.md"].read_text() and "| b | – |" in written["x.md"].read_text()
+
+
+def test_quality_streams_a_large_training_set_from_hdf5(tmp_path, monkeypatch, one_thread):
+    monkeypatch.setattr(quality, "CHUNK", 100)              # "large": three files of 100 spectra
+    monkeypatch.setattr(quality, "IN_MEMORY_MAX", 100)
+    store = tmp_path / "store"
+    argv = ["--set", "galaxy", *TINY, "--n-train", "300", "--methods", "vae-mlp,pca", "--stream", str(store),
+            "--results-dir", str(tmp_path), "--name", "streamed"]
+    written = quality.main(argv)
+    files = sorted(store.glob("*.h5"))
+    assert len(files) == 3
+    data = json.loads(written["streamed.json"].read_text())
+    m = data["figures"]["methods"]
+    assert data["figures"]["n_train"] == 300
+    assert m["vae-mlp"]["train_rows"] + m["vae-mlp"]["val_rows"] == 300      # all of it, from the files
+    assert m["vae-mlp"]["rmse_all"] < m["noisy"]["rmse_all"]
+    assert "streamed to specae from HDF5" in written["streamed.md"].read_text()
+    stamps = [f.stat().st_mtime_ns for f in files]
+    ds = quality.make_dataset("galaxy", 300, 40, "300", 1, store)      # a second run reuses the files
+    assert [f.stat().st_mtime_ns for f in files] == stamps and ds.n_train == 300 and len(ds.train) == 100
+    np.testing.assert_array_equal(ds.with_train(300).files, files)
