@@ -43,7 +43,9 @@ class TrainConfig(EngineConfig):
     val_fraction: float = 0.1          # used when no validation set is given
     augment: float = 0.5               # probability of hiding a random chunk from the encoder
     noise_augment: float = 0.0         # probability of showing the encoder the spectrum at lower S/N
-    beta_nll: float = 0.0              # beta-NLL weight on the learned scatter (specae.models.vae.gaussian_nll)
+    beta_nll: float = 1.0              # beta-NLL weight on the learned scatter (specae.models.vae.gaussian_nll): on
+                                       # galaxies ±1σ holds 74 % of all true values against 80 % at 0, lines 0.58 vs
+                                       # 0.59; neutral on the emulator's stars
     holdout: float = 0.1               # fraction of validation pixels hidden and predicted from the rest
     monitor: str = "chi2_dof"          # validation figure that picks the best epoch: chi2_dof | heldout_chi2_dof
     init_rows: int = 5000              # rows sampled for the PCA start and the normalisation statistics

@@ -18,6 +18,7 @@ from specae.data.hdf5 import read_h5, write_h5
 from specae.data.resample import loglam_grid
 from specae.data.spectra import Spectra
 from specae.data.synthetic import add_noise, galaxy_spectra, stellar_spectra
+from specae.train import TrainConfig
 
 WAVE = loglam_grid(4000, 6000, 1e-3)   # 177 pixels
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,15 +84,18 @@ def test_train_writes_a_model_directory(vae_model):
     torch.load(vae_model / "weights.pt", weights_only=True)
     history = json.loads((vae_model / "history.json").read_text())
     assert history["epoch"] == [0, 1] and history["engine_config"]["ema"] == 0.99   # the default average
+    assert history["train_config"]["beta_nll"] == TrainConfig.beta_nll
 
 
 def test_train_reports_one_summary_line(files, tmp_path, capsys):
     code, out, err = run(capsys, "train", files["stars"], "-o", tmp_path / "m", "--epochs", "1",
-                         "--latent-dim", "2", "--quiet", "--decoder", "conv", "--device", "cpu", "--ema", "0")
+                         "--latent-dim", "2", "--quiet", "--decoder", "conv", "--device", "cpu", "--ema", "0",
+                         "--beta-nll", "0.5")
     assert code == 0 and out.count("\n") == 1 and out.startswith("trained vae on 27 spectra (3 for validation)")
     assert "stopped by epochs" in out and str(tmp_path / "m") in out
     assert json.loads((tmp_path / "m" / "config.json").read_text())["decoder"] == "conv"
-    assert json.loads((tmp_path / "m" / "history.json").read_text())["engine_config"]["ema"] is None   # --ema 0
+    history = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert history["engine_config"]["ema"] is None and history["train_config"]["beta_nll"] == 0.5   # --ema 0
 
 
 def test_denoise_writes_flux_sigma_ids_labels(files, vae_model, tmp_path, capsys):
@@ -202,9 +206,10 @@ def test_train_on_truncated_file(files, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("option,value", [("--latent-dim", v) for v in ("0", "-1", "two")]
-                         + [("--ema", v) for v in ("1", "1.5", "-0.1", "fast")])
-def test_latent_dim_and_ema_decay_out_of_range_are_refused(files, tmp_path, capsys, option, value):
-    """--latent-dim must be a positive int; --ema a decay in [0, 1)."""
+                         + [("--ema", v) for v in ("1", "1.5", "-0.1", "fast")]
+                         + [("--beta-nll", v) for v in ("-0.5", "nan", "strong")])
+def test_training_options_out_of_range_are_refused(files, tmp_path, capsys, option, value):
+    """--latent-dim must be a positive int; --ema a decay in [0, 1); --beta-nll a number >= 0."""
     with pytest.raises(SystemExit) as e:
         main(["train", str(files["stars"]), "-o", str(tmp_path / "m"), option, value])
     assert e.value.code == 2

@@ -150,6 +150,20 @@ def test_gaussian_nll_hand_computed():
     assert c.item() == pytest.approx(0.25 * 4 + 0.25 * 1) and n.item() == 2
 
 
+
+def test_beta_nll_keeps_the_pull_of_pixels_the_model_calls_hard():
+    # two pixels with the same residual and noise (1/ivar = 1); the second has a 3x larger learned scatter
+    x, ivar = torch.tensor([[1.0, 1.0]]), torch.ones(1, 2)
+    sig = torch.tensor([[1.0, 3.0]])
+    s2 = 1 + sig ** 2                                                      # 2 and 10
+    for beta in (0.0, 0.5, 1.0):
+        mu = torch.zeros(1, 2, requires_grad=True)
+        gaussian_nll(x, ivar, mu, sig, beta).sum().backward()
+        # d/d mu of 0.5 r^2 / s2 is -r / s2, weighted by (s2 / noise)^beta, held constant
+        torch.testing.assert_close(mu.grad, -(1 / s2) * s2 ** beta)
+    assert gaussian_nll(x, ivar, torch.zeros(1, 2), sig, 1.0).item() == pytest.approx(
+        (0.5 * (1 / s2 + torch.log(2 * math.pi * s2)) * s2).sum().item(), rel=1e-6)
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), garbage=st.floats(-1e6, 1e6), frac=st.floats(0, 1))
 def test_gaussian_nll_closed_form_and_masked_pixels_count_for_nothing(seed, garbage, frac):

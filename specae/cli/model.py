@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from specae.cli import decay, positive_int
+from specae.cli import decay, non_negative, positive_int
 
 IN_MEMORY_BYTES = 1 << 30   # training sets up to this size (flux + ivar) are held in memory; larger ones stream
 
@@ -53,8 +53,10 @@ def _train(args) -> None:
     model_cfg = ModelConfig(npix=npix, kind=args.model, latent_dim=args.latent_dim, decoder=args.decoder,
                             redshift=args.redshift)
     ema = TrainConfig.ema if args.ema is None else args.ema or None
+    beta_nll = TrainConfig.beta_nll if args.beta_nll is None else args.beta_nll
     train_cfg = TrainConfig(epochs=args.epochs, max_minutes=args.max_minutes, batch_size=args.batch_size,
-                            lr=args.lr, ema=ema, seed=args.seed, device=args.device, precision=args.precision,
+                            lr=args.lr, ema=ema, beta_nll=beta_nll, seed=args.seed, device=args.device,
+                            precision=args.precision,
                             distributed=args.distributed, num_workers=args.workers, progress=not args.quiet)
     _, history = fit(train, val, model_cfg, train_cfg, out_dir=args.output, resume=args.resume)
     if dist.is_initialized() and dist.get_rank() != 0:
@@ -151,6 +153,9 @@ def register(sub) -> None:
     t.add_argument("--ema", type=decay, default=None, metavar="DECAY",
                    help="decay of the moving average of the weights that is validated and kept (default 0.99; "
                         "0: the weights themselves)")
+    t.add_argument("--beta-nll", type=non_negative, default=None, metavar="BETA",
+                   help="weight each pixel's likelihood by (1 + sigma_model^2 ivar)^BETA, so the model cannot "
+                        "explain a hard feature away by widening its scatter (default 1; 0: the plain likelihood)")
     t.add_argument("--seed", type=int, default=0, metavar="S")
     t.add_argument("--resume", action="store_true", help="continue the run saved in MODEL")
     t.add_argument("--redshift", metavar="LABEL", default=None,
