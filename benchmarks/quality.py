@@ -121,7 +121,7 @@ def make_dataset(name: str, n_train: int, n_test: int, pixels: str | None = None
         full = PayneEmulator(directory)
         emu = full.subset(_window(full.npix, pixels))
         test, clean = emu.mock(n_test, seed=[seed, 1])
-        train = Spectra.concatenate([emu.mock(min(CHUNK, n_train - a), seed=[seed, 0, a])[0]
+        train = Spectra.concatenate([_train_chunk(emu, None, a, min(CHUNK, n_train - a), seed)
                                      for a in range(0, n_train, CHUNK)])
         return Dataset(name, train, test, clean.flux, ~emu.bad_pixels, None, None, emu)
     if name == "galaxy":
@@ -129,8 +129,8 @@ def make_dataset(name: str, n_train: int, n_test: int, pixels: str | None = None
         wave = wave[_window(wave.size, pixels)]
         clean = galaxy_spectra(n_test, seed=[seed, 1], wave=wave)
         test = add_noise(clean, seed=[seed, 2])
-        train = Spectra.concatenate([add_noise(galaxy_spectra(min(CHUNK, n_train - a), seed=[seed, 0, a], wave=wave),
-                                               seed=[seed, 3, a]) for a in range(0, n_train, CHUNK)])
+        train = Spectra.concatenate([_train_chunk(None, wave, a, min(CHUNK, n_train - a), seed)
+                                     for a in range(0, n_train, CHUNK)])
         return Dataset(name, train, test, clean.flux, np.ones(wave.size, bool), emission_line_pixels(test), "Z")
     raise SystemExit(f"unknown set {name!r} (payne or galaxy)")
 
@@ -146,7 +146,7 @@ def _streamed(name: str, n_train: int, n_test: int, pixels: str | None, seed: in
         path = directory / f"{name}-{pixels or 'all'}-seed{seed}-{a:07d}.h5"
         chunk = None
         if a < IN_MEMORY_MAX or not path.exists():
-            chunk = ds.train if a == 0 else _chunk(ds, a, seed)
+            chunk = ds.train if a == 0 else _train_chunk(ds.emulator, ds.test.wave, a, CHUNK, seed)
         if not path.exists():
             write_h5(chunk, path)
         if a < IN_MEMORY_MAX:
@@ -155,11 +155,12 @@ def _streamed(name: str, n_train: int, n_test: int, pixels: str | None, seed: in
     return replace(ds, train=Spectra.concatenate(kept), files=tuple(files))
 
 
-def _chunk(ds: Dataset, a: int, seed: int) -> Spectra:
-    """Training spectra a .. a + CHUNK of the set, as make_dataset draws them."""
-    if ds.emulator is not None:
-        return ds.emulator.mock(CHUNK, seed=[seed, 0, a])[0]
-    return add_noise(galaxy_spectra(CHUNK, seed=[seed, 0, a], wave=ds.test.wave), seed=[seed, 3, a])
+def _train_chunk(emu: PayneEmulator | None, wave: np.ndarray | None, a: int, n: int, seed: int) -> Spectra:
+    """Training spectra a .. a + n of a set: the emulator's stars, or (emu None) galaxies on `wave`.
+    Each chunk has its own seed, so a set's chunks are the same however many are drawn."""
+    if emu is not None:
+        return emu.mock(n, seed=[seed, 0, a])[0]
+    return add_noise(galaxy_spectra(n, seed=[seed, 0, a], wave=wave), seed=[seed, 3, a])
 
 
 def emission_line_pixels(s: Spectra) -> np.ndarray:

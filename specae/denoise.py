@@ -178,10 +178,9 @@ def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, g
     the *other* pixels (the Laplace posterior with the pixel left out, a rank-one downdate) is averaged
     with the measurement by their precisions, so no pixel is counted twice. Those predictions also set
     each spectrum's own model-variance scale (`spectrum_scale`) and its local misfit (`misfit_variance`).
-    Where the model is sure (a
-    stellar continuum) this is the model's value; where the data are (a strong emission line the latents
-    cannot follow) it is the data's. None (default): on for the laplace and decoder posteriors, which
-    allow it; False: the model's prediction alone.
+    Where the model is sure (a stellar continuum) this is the model's value; where the data are (a strong
+    emission line the latents cannot follow) it is the data's. None (default): on for the laplace and
+    decoder posteriors, which allow it; False: the model's prediction alone.
     """
     post, at = latent_posterior(model, b.x, b.ivar, b.z, kind)
     scale = model.sigma_scale.float()
