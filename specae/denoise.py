@@ -106,29 +106,49 @@ def misfit_variance(x, ivar, mu, var, half_width: int = MISFIT_HALF_WIDTH, alpha
 
 # The spread of one spectrum's model error around the population's: log s^2 ~ N(0, SPECTRUM_SCALE_PRIOR^2), a
 # weakly informative prior (a factor e in variance at 1 sigma) that lets a spectrum's own residuals move its
-# model variance only as far as they can tell
+# model variance only as far as they can tell. Within a spectrum, the stretch of LOCAL_HALF_WIDTH pixels on
+# either side of a pixel may need more (a line stronger than the latents make) or less: a local factor with
+# the same prior around the spectrum's (one galaxy model: RMSE 0.0997 -> 0.0988, line pixels 0.580 -> 0.553,
+# their ±1σ coverage 61.4 -> 62.4 %; 4 pixels as good as 8 or 16 at a quarter of the cost)
 SPECTRUM_SCALE_PRIOR = 1.0
+LOCAL_HALF_WIDTH = 4
 
 
-def spectrum_scale(x, ivar, mu, var_other, var_model, prior: float = SPECTRUM_SCALE_PRIOR, steps: int = 30):
-    """Factor s^2 (B, 1) on each spectrum's model variance, from the spectrum's own residuals.
+def spectrum_scale(x, ivar, mu, var_other, var_model, prior: float = SPECTRUM_SCALE_PRIOR, steps: int = 10,
+                   half_width: int | None = None):
+    """Factor s^2 on the model variance from the spectrum's own residuals: (B, 1) for each whole spectrum,
+    or (B, npix) for each pixel from its neighbours within `half_width` pixels (the pixel itself left out,
+    so its measurement is not counted twice).
 
     The model variance is calibrated on a population, whose fits are good for most spectra and poor for a
     few (heavier tails from spectrum to spectrum than one scale describes). With each pixel's prediction mu
     from the *other* pixels, x - mu ~ N(0, 1/ivar + var_other + s^2 var_model) over the valid pixels; s^2
-    is the posterior mode under the prior log s^2 ~ N(0, prior^2) (Fisher scoring on log s^2). A low-S/N
-    spectrum, whose residuals cannot tell, keeps s^2 near 1; a bright one moves to what its residuals say.
+    is the posterior mode under the prior log s^2 ~ N(0, prior^2) (Fisher scoring on log s^2). Where the
+    residuals cannot tell (low S/N, or a model variance far below the noise), s^2 stays near 1; where they
+    can, it moves to what they say.
     """
     valid = ivar > 0
     r2 = torch.where(valid, (x - mu) ** 2, torch.zeros_like(mu))
     base = torch.where(valid, 1 / ivar.clamp_min(1e-30), torch.ones_like(ivar)) + var_other
     vm = torch.where(valid, var_model, torch.zeros_like(var_model))
-    t = torch.zeros(x.shape[0], 1, dtype=mu.dtype, device=mu.device)                  # log s^2
+    if half_width is None:
+        parts, total = [(r2, base, vm)], (lambda a: a.sum(1, keepdim=True))
+        t = torch.zeros(x.shape[0], 1, dtype=mu.dtype, device=mu.device)                   # log s^2
+    else:
+        # every pixel's neighbour at offset o, as views into padded copies (padding: no information, vm = 0)
+        n, h = x.shape[1], half_width
+        pad = [F.pad(a, (h, h), value=fill) for a, fill in ((r2, 0.0), (base, 1.0), (vm, 0.0))]
+        parts = [tuple(a[:, h + o:h + o + n] for a in pad) for o in range(-h, h + 1) if o]
+        total = (lambda a: a)
+        t = torch.zeros_like(mu)
     for _ in range(steps):
-        v = base + t.exp() * vm
-        w = t.exp() * vm / v                                                        # d log v / d log s^2
-        grad = 0.5 * (w * (1 - r2 / v)).sum(1, keepdim=True) + t / prior ** 2
-        info = 0.5 * (w * w).sum(1, keepdim=True) + 1 / prior ** 2
+        s = t.exp()
+        grad, info = t / prior ** 2, torch.full_like(t, 1 / prior ** 2)
+        for r2_o, base_o, vm_o in parts:
+            v = base_o + s * vm_o
+            w = s * vm_o / v                                                           # d log v / d log s^2
+            grad = grad + total(0.5 * w * (1 - r2_o / v))
+            info = info + total(0.5 * w * w)
         t = (t - grad / info).clamp(-10, 10)
     return t.exp()
 
@@ -177,7 +197,8 @@ def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, g
     `combine` updates each pixel with its own measurement: the model's prediction of that pixel from all
     the *other* pixels (the Laplace posterior with the pixel left out, a rank-one downdate) is averaged
     with the measurement by their precisions, so no pixel is counted twice. Those predictions also set
-    each spectrum's own model-variance scale (`spectrum_scale`) and its local misfit (`misfit_variance`).
+    each spectrum's own model-variance scale, each stretch's around it (`spectrum_scale`) and the local
+    misfit (`misfit_variance`).
     Where the model is sure (a stellar continuum) this is the model's value; where the data are (a strong
     emission line the latents cannot follow) it is the data's. None (default): on for the laplace and
     decoder posteriors, which allow it; False: the model's prediction alone.
@@ -217,6 +238,7 @@ def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, g
         var_lat = var_lat / keep
         var_mod = bb ** 2 * var_mod
         var_mod = var_mod * spectrum_scale(b.x, b.ivar, mu, a ** 2 * var_lat, var_mod)
+        var_mod = var_mod * spectrum_scale(b.x, b.ivar, mu, a ** 2 * var_lat, var_mod, half_width=LOCAL_HALF_WIDTH)
         var_mod = var_mod + misfit_variance(b.x, b.ivar, mu, a ** 2 * var_lat + var_mod)
         v_model = a ** 2 * var_lat + var_mod
         precision = 1 / v_model.clamp_min(1e-30) + b.ivar

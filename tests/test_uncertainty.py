@@ -211,6 +211,37 @@ def test_spectrum_scale_follows_what_a_spectrum_s_residuals_can_tell():
     assert 0.9 < s2[2] < 1.1 and 0.2 < s2[3] < 0.3
 
 
+def test_local_scale_follows_a_stretch_of_poor_fit_and_leaves_each_pixel_out_of_its_own():
+    import torch
+
+    from specae.denoise import spectrum_scale
+    rng = np.random.default_rng(5)
+    npix, var_model = 400, 0.01
+    # row 0 bright (noise << model error), model error 9x the calibrated variance in pixels 180-219 (a line
+    # the latents make too weak), as calibrated elsewhere; row 1 the same but faint (noise >> model error)
+    true_var = np.full((2, npix), var_model)
+    true_var[:, 180:220] *= 9
+    noise_var = np.array([1e-3, 10.0])[:, None]
+    x = np.sqrt(true_var + noise_var) * rng.standard_normal((2, npix))
+    ivar = np.broadcast_to(1 / noise_var, (2, npix)).copy()
+    ivar[0, 200] = 0                                          # a masked pixel inside the stretch
+
+    def local(flux):
+        return spectrum_scale(torch.from_numpy(flux), torch.from_numpy(ivar), torch.zeros(2, npix, dtype=torch.float64),
+                              0.0, torch.full((2, npix), var_model, dtype=torch.float64), half_width=4).numpy()
+    s2 = local(x)
+    assert s2.shape == (2, npix) and np.isfinite(s2).all()
+    inside, outside = np.r_[184:216], np.r_[0:170, 230:400]
+    assert np.median(s2[0, inside]) > 4 and s2[0, 200] > 3   # the stretch, and the masked pixel from its neighbours
+    assert 0.7 < np.median(s2[0, outside]) < 1.4 and np.quantile(s2[0, outside], 0.95) < 3.5
+    assert np.all(np.abs(np.log(s2[1])) < 0.1)                # faint: the residuals cannot tell; the prior holds
+    # a pixel's own residual does not set its own scale, only its neighbours'
+    y = x.copy()
+    y[0, 300] += 100 * np.sqrt(var_model)
+    s2y = local(y)
+    assert s2y[0, 300] == s2[0, 300] and s2y[0, 301] > 10 * s2[0, 301]
+
+
 def test_model_scale_describes_the_pixels_the_model_follows_not_its_outliers():
     rng = np.random.default_rng(2)
     n, npix = 300, 400
