@@ -6,6 +6,7 @@
     python -m benchmarks.quality --set payne --sweep n-train=1000,10000,100000 --methods vae-mlp,pca
     python -m benchmarks.quality --set payne --sweep latent=4,6,8,12 --methods vae-mlp,pca
     python -m benchmarks.quality --set payne --n-train 100000 --stream /tmp/specae-bench --methods vae-mlp,pca
+    python -m benchmarks.quality --set galaxy --n-train 3000 --minutes 0 --epochs 60 --sweep seed=0,1,2 --methods vae-mlp
 
 Data: the Payne APOGEE emulator (../shared/data/payne; S/N 5-80, APOGEE's bad pixels and random masked
 chunks) or the synthetic galaxies (galaxy_spectra + add_noise; specae and spender decode in the rest frame
@@ -49,6 +50,7 @@ RIDGE_ALPHA = 1.0            # on standardised latents: a guard against collinea
 RIDGE_MAX_TRAIN = 5000       # training latents used for the ridge fit (encoding 1e5 spectra adds nothing)
 CHUNK = 10_000               # spectra generated per chunk (bounds the emulator's float64 temporaries)
 IN_MEMORY_MAX = 20_000       # with --stream, training rows kept in memory for the methods that need them there
+SWEEPS = {"n-train": None, "latent": "latent_dim", "seed": "seed"}   # --sweep: the option each point sets
 QUICK = {"n_train": 400, "n_test": 100, "pixels": "1000", "minutes": 0.3, "samples": 16, "spender_minutes": 0.3}
 
 
@@ -449,7 +451,7 @@ def plot_sweep(param: str, values: list, per_value: list[dict], reference: str):
             if name in ("noisy", "oracle") or per_value[0]["methods"][name]["rmse_all"] is None:
                 continue
             ratio = [f["methods"][name]["rmse_all"] / f["methods"][reference]["rmse_all"] for f in per_value]
-            ax.plot(values, ratio, "o-", color=f"C{k}", label=name)
+            ax.plot(values, ratio, "o" if param == "seed" else "o-", color=f"C{k}", label=name)
         ax.axhline(1, color="k", lw=0.8)
         if param == "n-train":
             ax.set_xscale("log")
@@ -458,7 +460,7 @@ def plot_sweep(param: str, values: list, per_value: list[dict], reference: str):
         if hi / lo < 10:                                  # within a decade: label the minor ticks as plain numbers
             ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.set_xlabel({"n-train": "training spectra", "latent": "latent size K"}[param])
+        ax.set_xlabel({"n-train": "training spectra", "latent": "latent size K", "seed": "training seed"}[param])
         ax.set_ylabel(f"RMSE / RMSE of the {reference}")
         ax.legend(fontsize=8)
     return draw
@@ -474,7 +476,9 @@ def parse(argv):
     p.add_argument("--n-test", type=int, default=500)
     p.add_argument("--latent-dim", type=int, default=6, help="K: latents of every model, components of PCA")
     p.add_argument("--pixels", default=None, help='a window of the grid: "START:STOP" or "N" central pixels')
-    p.add_argument("--minutes", type=float, default=20.0, help="training budget per specae model")
+    p.add_argument("--minutes", type=float, default=20.0,
+                   help="training budget per specae model; 0: none, the epochs alone set the schedule (repeatable "
+                        "whatever the machine's load)")
     p.add_argument("--spender-minutes", type=float, default=None, help="spender's budget (default --minutes)")
     p.add_argument("--epochs", type=int, default=500, help="epoch cap per model (spender: at most 200)")
     p.add_argument("--samples", type=int, default=64, help="posterior samples per spectrum (specae denoise)")
@@ -484,7 +488,9 @@ def parse(argv):
     p.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD:KEY=VALUE,...",
                    help="a specae method with ModelConfig/TrainConfig fields changed, e.g. "
                         "heldout=vae-mlp:monitor=heldout_chi2_dof (repeatable; added to --methods)")
-    p.add_argument("--sweep", default=None, help='"n-train=1000,10000,100000" or "latent=4,6,8,12"')
+    p.add_argument("--sweep", default=None,
+                   help='"n-train=1000,10000,100000", "latent=4,6,8,12" or "seed=0,1,2" (the same data, trained '
+                        'from other random starts: the spread of every figure)')
     p.add_argument("--stream", default=None, metavar="DIR",
                    help=f"training sets above {IN_MEMORY_MAX} spectra go to HDF5 files in DIR (reused by later "
                         f"runs) and specae streams them, as `specae train` does")
@@ -498,6 +504,7 @@ def parse(argv):
     if "--quick" in argv:
         p.set_defaults(**QUICK)
     args = p.parse_args(argv)
+    args.minutes = args.minutes or None
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.variants = {}
     for spec in args.variant:
@@ -512,8 +519,8 @@ def parse(argv):
         p.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
     if args.sweep:
         param, _, values = args.sweep.partition("=")
-        if param not in ("n-train", "latent") or not values:
-            p.error('--sweep takes "n-train=N1,N2,..." or "latent=K1,K2,..."')
+        if param not in SWEEPS or not values:
+            p.error('--sweep takes "n-train=N1,N2,...", "latent=K1,K2,..." or "seed=S1,S2,..."')
         args.sweep = (param, [int(float(v)) for v in values.split(",")])
     return args
 
@@ -561,16 +568,35 @@ def main(argv: list[str] | None = None) -> dict:
     param, values = args.sweep
     per_value, rows, cache = [], [], {}
     for v in values:
-        point_args = replace_ns(args, latent_dim=v) if param == "latent" else args
+        point_args = replace_ns(args, **{SWEEPS[param]: v}) if SWEEPS[param] else args
         point = ds.with_train(v) if param == "n-train" else ds
         figures, point_rows, _ = evaluate(point, point_args, cache)
         per_value.append({param: v, "n_train": point.n_train, **figures})
         rows += [{param: v, **r} for r in point_rows]
+    spread = {}
+    if param == "seed":     # every figure's mean and standard deviation over the trainings
+        spread = {stat: {m: _over_points(per_value, m, fn) for m in per_value[0]["methods"]}
+                  for stat, fn in (("mean", np.mean), ("sd", lambda a: np.std(a, ddof=1)))}
+        oracle = spread["mean"].get("oracle", {}).get("rmse_all")
+        for stat, per_method in spread.items():
+            rows += [{param: stat, **row(ds, m, f, oracle if stat == "mean" else None)} for m, f in per_method.items()]
     reference = "oracle" if ds.emulator is not None else "noisy"
     wall = {"wall_minutes": (time.perf_counter() - started) / 60}
-    return write_results(name, {**base, "sweep": param, "points": per_value, **wall}, rows, command,
+    return write_results(name, {**base, "sweep": param, "points": per_value, **spread, **wall}, rows, command,
                          {"sweep": plot_sweep(param, values, per_value, reference)}, args.results_dir, device,
                          notes)
+
+
+def _over_points(per_value: list[dict], method: str, fn) -> dict:
+    """`fn` of each numeric figure of `method` over the points of a sweep (R² label by label)."""
+    figs = [p["methods"][method] for p in per_value]
+
+    def over(values):
+        ok = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        return float(fn(ok)) if len(ok) == len(values) and len(ok) > 1 else None
+    out = {k: over([f.get(k) for f in figs]) for k, v in figs[0].items() if k != "r2"}
+    out["r2"] = {n: over([f["r2"][n] for f in figs]) for n in figs[0]["r2"]}
+    return {k: v for k, v in out.items() if v is not None or k == "r2"}
 
 
 def _value(text: str):

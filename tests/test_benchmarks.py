@@ -76,6 +76,25 @@ def test_sweep_writes_one_file_with_a_plot(tmp_path):
     assert [r["n-train"] for r in data["table"]] == [60, 60, 200, 200]     # noisy and pca at each size
 
 
+def test_seed_sweep_reports_the_spread_of_every_figure_over_trainings(tmp_path, one_thread):
+    argv = ["--set", "galaxy", *TINY, "--minutes", "0", "--methods", "pca,vae-mlp", "--sweep", "seed=1,2",
+            "--results-dir", str(tmp_path)]
+    assert quality.parse(argv).minutes is None               # 0: the epochs alone set the schedule
+    written = quality.main(argv)
+    data, md = _check_stamp(written, "quality-galaxy-sweep-seed", argv)
+    fig = data["figures"]
+    vae = [p["methods"]["vae-mlp"] for p in fig["points"]]
+    assert [p["seed"] for p in fig["points"]] == [1, 2] and vae[0]["rmse_all"] != vae[1]["rmse_all"]
+    for key in ("rmse_all", "rmse_lines", "coverage_1sigma_all", "epochs"):
+        values = [v[key] for v in vae]
+        assert fig["mean"]["vae-mlp"][key] == pytest.approx(np.mean(values))
+        assert fig["sd"]["vae-mlp"][key] == pytest.approx(np.std(values, ddof=1)) and fig["sd"]["vae-mlp"][key] >= 0
+    assert fig["mean"]["vae-mlp"]["r2"]["AGE"] == pytest.approx(np.mean([v["r2"]["AGE"] for v in vae]))
+    assert fig["sd"]["noisy"]["rmse_all"] == 0               # the data do not change with the seed
+    assert [r["seed"] for r in data["table"]] == [1, 1, 1, 2, 2, 2, "mean", "mean", "mean", "sd", "sd", "sd"]
+    assert "| mean | vae-mlp |" in md and "| sd | vae-mlp |" in md
+
+
 def test_write_results_leaves_nothing_when_a_plot_fails(tmp_path):
     def broken(fig):
         raise RuntimeError("plot failed")
