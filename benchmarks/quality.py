@@ -594,7 +594,7 @@ def _over_points(per_value: list[dict], method: str, fn) -> dict:
     def over(values):
         ok = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
         return float(fn(ok)) if len(ok) == len(values) and len(ok) > 1 else None
-    out = {k: over([f.get(k) for f in figs]) for k, v in figs[0].items() if k != "r2"}
+    out = {k: over([f.get(k) for f in figs]) for k in figs[0] if k != "r2"}
     out["r2"] = {n: over([f["r2"][n] for f in figs]) for n in figs[0]["r2"]}
     return {k: v for k, v in out.items() if v is not None or k == "r2"}
 
