@@ -49,13 +49,12 @@ class TrainConfig(EngineConfig):
     holdout: float = 0.1               # fraction of validation pixels hidden and predicted from the rest
     monitor: str = "chi2_dof"          # validation figure that picks the best epoch: chi2_dof | heldout_chi2_dof
     init_rows: int = 5000              # rows sampled for the PCA start and the normalisation statistics
-    init_iter: int = 10                # EM iterations of that weighted PCA
     calib_rows: int = 2000             # validation rows used to calibrate sigma
     num_workers: int = 2               # DataLoader workers when streaming from HDF5
 
 
 # -- the model's start ----------------------------------------------------------------------------------
-def build_model(sample: Spectra, cfg: ModelConfig, z_all: np.ndarray | None = None, pca_iter: int = 10) -> SpectrumVAE:
+def build_model(sample: Spectra, cfg: ModelConfig, z_all: np.ndarray | None = None) -> SpectrumVAE:
     """A fresh model for `sample`'s grid, started at the weighted-PCA solution of `sample` (a bounded
     random sample of the training rows) with data-derived normalisation. In redshift mode the rest grid
     covers the redshifts `z_all` of the whole training set (default: the sample's)."""
@@ -79,7 +78,7 @@ def build_model(sample: Spectra, cfg: ModelConfig, z_all: np.ndarray | None = No
         raise SpecaeError(f"latent size {cfg.latent_dim} must be between 1 and the number of spectra ({len(sample)})")
     cfg = replace(cfg, enc_pca=min(max(cfg.enc_pca, cfg.latent_dim), len(sample)))
     model = SpectrumVAE(cfg, sample.wave, wave_rest)
-    pca = WeightedPCA(cfg.enc_pca, n_iter=pca_iter, seed=0).fit(norm)
+    pca = WeightedPCA(cfg.enc_pca, n_iter=10, seed=0).fit(norm)
     mean = _weighted_mean(norm.flux, norm.ivar)
     var = np.maximum(pca.explained_variance_, 1e-12)
     with torch.no_grad():
@@ -303,7 +302,7 @@ def fit(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig 
         sample, z_all = train.select(np.sort(pick)), None
         if model_cfg and model_cfg.redshift:
             z_all = train.redshifts(model_cfg.redshift)
-        model = _start(sample, model_cfg, z_all, out_dir, resume, cfg.init_iter)
+        model = _start(sample, model_cfg, z_all, out_dir, resume)
         train_src = _tensor_source(train, model, cfg, True, rt)
         val_src = _tensor_source(val, model, cfg, False, rt)
         val_cal = val.select(slice(0, cfg.calib_rows))
@@ -322,7 +321,7 @@ def fit(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig 
         if len(sample) < 2:
             raise SpecaeError("too few spectra with valid pixels to train")
         z_all = _all_redshifts(blocks, model_cfg.redshift) if model_cfg and model_cfg.redshift else None
-        model = _start(sample, model_cfg, z_all, out_dir, resume, cfg.init_iter)
+        model = _start(sample, model_cfg, z_all, out_dir, resume)
         window = window_mask(model.wave, model.cfg.norm_window)
         common = dict(redshift=model.cfg.redshift, seed=cfg.seed, num_workers=cfg.num_workers,
                       transform=_normaliser(window, rt.device), pin_memory=rt.device.type == "cuda")
@@ -343,7 +342,7 @@ def fit(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig 
     return model, history
 
 
-def _start(sample: Spectra, model_cfg: ModelConfig | None, z_all, out_dir, resume: bool, pca_iter: int) -> SpectrumVAE:
+def _start(sample: Spectra, model_cfg: ModelConfig | None, z_all, out_dir, resume: bool) -> SpectrumVAE:
     """The model to train: the saved one when resuming (its architecture; the engine loads the last
     state), else a fresh one started at the sample's weighted PCA."""
     if resume:
@@ -352,4 +351,4 @@ def _start(sample: Spectra, model_cfg: ModelConfig | None, z_all, out_dir, resum
         if not (Path(out_dir) / "train_state.pt").is_file():
             raise SpecaeError(f"--resume: no earlier run to continue in {out_dir}")
         return load_model(out_dir)
-    return build_model(sample, model_cfg or ModelConfig(npix=sample.npix), z_all, pca_iter)
+    return build_model(sample, model_cfg or ModelConfig(npix=sample.npix), z_all)
