@@ -59,7 +59,8 @@ class SpenderPeer:
     its "outside the rest frame" zeroing never hits an observed pixel.
 
     Differences from the published runs, for a fixed budget: the number of epochs is min(epochs, what fits in
-    `minutes` after timing the first epoch, run at the cycle's starting rate), the one-cycle schedule spans
+    `minutes` after timing the first epoch, run at the cycle's starting rate; `epochs` when `minutes` is
+    None), the one-cycle schedule spans
     the epochs after it; batches hold
     min(batch_size, ceil(N/10)) spectra so small training sets still take 10 steps per epoch; float32
     throughout (spender's scripts use fp16 mixed precision through accelerate).
@@ -116,12 +117,13 @@ class SpenderPeer:
             history["val_loss"].append(None if val_t is None else self._loss(*val_t) / len(val_t[0]))
             elapsed = time.perf_counter() - start
             if epoch == 1:
-                n_epochs = max(1, min(self.epochs, int(self.minutes * 60 / elapsed)))
+                fits = self.epochs if self.minutes is None else int(self.minutes * 60 / elapsed)
+                n_epochs = max(1, min(self.epochs, fits))
                 if n_epochs > 2:                              # the cycle spans the epochs after this one
                     sched = torch.optim.lr_scheduler.OneCycleLR(opt, self.lr, total_steps=n_epochs - 1)
             elif sched is not None and epoch < n_epochs:
                 sched.step()
-            if elapsed > 1.1 * self.minutes * 60:             # the machine slowed down: stop, keep this model
+            if self.minutes is not None and elapsed > 1.1 * self.minutes * 60:   # the machine slowed down: stop
                 break
         self.history_ = {**history, "epochs": epoch, "planned_epochs": n_epochs, "batch_size": batch,
                          "minutes": (time.perf_counter() - start) / 60}

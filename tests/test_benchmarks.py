@@ -95,6 +95,17 @@ def test_seed_sweep_reports_the_spread_of_every_figure_over_trainings(tmp_path, 
     assert "| mean | vae-mlp |" in md and "| sd | vae-mlp |" in md
 
 
+def test_without_a_time_budget_spender_trains_its_epochs(tmp_path, one_thread):
+    from benchmarks.peers import spender_unavailable
+    if spender_unavailable():
+        pytest.skip(f"spender is not installed: {spender_unavailable()}")
+    argv = ["--set", "galaxy", *TINY, "--minutes", "0", "--epochs", "3", "--methods", "spender", "--results-dir",
+            str(tmp_path)]
+    data = json.loads(quality.main(argv)["quality-galaxy.json"].read_text())
+    m = data["figures"]["methods"]["spender"]
+    assert m["epochs"] == m["planned_epochs"] == 3 and m["rmse_all"] is not None
+
+
 def test_write_results_leaves_nothing_when_a_plot_fails(tmp_path):
     def broken(fig):
         raise RuntimeError("plot failed")
