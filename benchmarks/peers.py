@@ -60,9 +60,8 @@ class SpenderPeer:
 
     Differences from the published runs, for a fixed budget: the number of epochs is min(epochs, what fits in
     `minutes` after timing the first epoch, run at the cycle's starting rate; `epochs` when `minutes` is
-    None), the one-cycle schedule spans
-    the epochs after it; batches hold
-    min(batch_size, ceil(N/10)) spectra so small training sets still take 10 steps per epoch; float32
+    None), the one-cycle schedule spans the epochs after it; batches hold min(batch_size, ceil(N/10))
+    spectra so small training sets still take 10 steps per epoch; float32
     throughout (spender's scripts use fp16 mixed precision through accelerate).
     """
 

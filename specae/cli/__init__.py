@@ -15,37 +15,30 @@ import warnings
 from specae.errors import SpecaeError
 
 
+def _checked(text: str, cast, ok, rule: str):
+    """`text` cast to a number that satisfies `ok`, else an argparse error saying what was wrong."""
+    try:
+        value = cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if cast is int else 'a number'}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{value} must be {rule}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+    return _checked(text, int, lambda v: v >= 1, "at least 1")
 
 
 def non_negative(text: str) -> float:
     """argparse type: a number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 0")
-    return value
+    return _checked(text, float, lambda v: v >= 0, "at least 0")
 
 
 def decay(text: str) -> float:
     """argparse type: a moving-average decay in [0, 1) (0: no average)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be in [0, 1)")
-    return value
+    return _checked(text, float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
