@@ -39,6 +39,9 @@ from specae.regress import r2, ridge_fit
 
 SPECAE = {"vae-mlp": ("vae", "mlp"), "vae-conv": ("vae", "conv"), "ae": ("ae", "mlp")}
 METHODS = (*SPECAE, "pca", "pca-rest", "sg", "spender")
+# Galaxy pixels counted as thinly covered by the training set: their rest wavelength within the observed range
+# of under this fraction of the training spectra
+THIN_COVERAGE = 0.3
 # Galaxy emission lines for the line-pixel figures [A, vacuum, rest frame]: [OII], Hbeta, [OIII], Halpha, [NII], [SII]
 EMISSION_LINES = (3727.09, 3729.88, 4862.69, 4960.30, 5008.24, 6549.86, 6564.61, 6585.27, 6718.29, 6732.68)
 LINE_HALF_WIDTH = 5.0        # A, rest frame
@@ -71,6 +74,7 @@ class Dataset:
     emulator: PayneEmulator | None = None
     files: tuple = ()                     # --stream: the whole training set in HDF5 files of CHUNK rows, which
                                           # specae streams; `train` then holds their first IN_MEMORY_MAX rows
+    thin: np.ndarray | None = None        # (N_test, npix) pixels whose rest wavelength few training spectra cover
 
     @property
     def n_train(self) -> int:
@@ -137,7 +141,8 @@ def make_dataset(name: str, n_train: int, n_test: int, pixels: str | None = None
         test = add_noise(clean, seed=[seed, 2])
         train = Spectra.concatenate([_train_chunk(None, wave, a, min(CHUNK, n_train - a), seed)
                                      for a in range(0, n_train, CHUNK)])
-        return Dataset(name, train, test, clean.flux, np.ones(wave.size, bool), emission_line_pixels(test), "Z")
+        return Dataset(name, train, test, clean.flux, np.ones(wave.size, bool), emission_line_pixels(test), "Z",
+                       thin=thin_coverage_pixels(train, test))
     raise SystemExit(f"unknown set {name!r} (payne or galaxy)")
 
 
@@ -167,6 +172,15 @@ def _train_chunk(emu: PayneEmulator | None, wave: np.ndarray | None, a: int, n: 
     if emu is not None:
         return emu.mock(n, seed=[seed, 0, a])[0]
     return add_noise(galaxy_spectra(n, seed=[seed, 0, a], wave=wave), seed=[seed, 3, a])
+
+
+def thin_coverage_pixels(train: Spectra, test: Spectra, below: float = THIN_COVERAGE) -> np.ndarray:
+    """(N_test, npix) bool: test pixels whose rest wavelength lies inside the observed range of fewer than a
+    fraction `below` of the training spectra (the rest-frame ends of a redshift survey)."""
+    z = np.sort(train.labels["Z"])
+    rest = test.wave[None] / (1 + test.labels["Z"][:, None])
+    inside = np.searchsorted(z, train.wave[-1] / rest - 1, "right") - np.searchsorted(z, train.wave[0] / rest - 1, "left")
+    return inside < below * len(z)
 
 
 def emission_line_pixels(s: Spectra) -> np.ndarray:
@@ -325,9 +339,11 @@ def score(ds: Dataset, out: Output, seed: int) -> dict:
     ev = np.broadcast_to(ds.evaluable, truth.shape)
     valid, masked = ev & ~test.mask, ev & test.mask
     lines = None if ds.lines is None else ds.lines & ev
+    thin = None if ds.thin is None else ds.thin & ev
     noisy = out.is_input
     where = {"all": valid if noisy else ev, "masked": None if noisy else masked,
-             "lines": None if lines is None else (lines & valid if noisy else lines)}
+             "lines": None if lines is None else (lines & valid if noisy else lines),
+             "thin": None if thin is None else (thin & valid if noisy else thin)}
     f = {f"rmse_{k}": (rmse(flux, truth, w) if w is not None and w.any() else None) for k, w in where.items()}
     f["chi2_dof"] = None if noisy else float(np.mean((test.ivar * (flux - test.flux) ** 2)[valid]))
     for k, w in where.items():
@@ -357,9 +373,11 @@ def row(ds: Dataset, method: str, f: dict | None, oracle_rmse: float | None, rea
              "RMSE masked": g("rmse_masked"), "RMSE lines": g("rmse_lines"), "chi2/dof": g("chi2_dof"),
              "±1σ": g("coverage_1sigma_all"), "±2σ": g("coverage_2sigma_all"),
              "±1σ masked": g("coverage_1sigma_masked"), "±2σ masked": g("coverage_2sigma_masked"),
-             "±1σ lines": g("coverage_1sigma_lines"), "±2σ lines": g("coverage_2sigma_lines")}
-    if ds.lines is None:
-        cells = {k: v for k, v in cells.items() if "lines" not in k}
+             "±1σ lines": g("coverage_1sigma_lines"), "±2σ lines": g("coverage_2sigma_lines"),
+             "±1σ thin": g("coverage_1sigma_thin"), "±2σ thin": g("coverage_2sigma_thin")}
+    for part, given in (("lines", ds.lines), ("thin", ds.thin)):
+        if given is None:
+            cells = {k: v for k, v in cells.items() if part not in k}
     if ds.emulator is None:
         cells.pop("RMSE/oracle")
     cells.update({f"R² {n}": (f.get("r2") or {}).get(n) for n in (*R2_LABELS[ds.name], "mean")})
@@ -557,7 +575,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.set == "galaxy":
         notes.append("Lines: pixels within 5 Å (rest) of [OII] 3727/3730, Hβ, [OIII] 4960/5008, Hα, [NII] "
                      "6550/6585, [SII] 6718/6733 in galaxies with EW(Hα) > 20 Å. specae and spender decode "
-                     "in the rest frame (known z); PCA and Savitzky-Golay work in the observed frame.")
+                     "in the rest frame (known z); PCA and Savitzky-Golay work in the observed frame. Thin: pixels "
+                     f"whose rest wavelength under {THIN_COVERAGE:.0%} of the training spectra cover (the rest-frame "
+                     "ends).")
     if ds.files:
         notes.append(f"Training sets above {IN_MEMORY_MAX} spectra are streamed to specae from HDF5 files; "
                      f"the other methods fit their first {IN_MEMORY_MAX} spectra, held in memory.")

@@ -184,6 +184,14 @@ def sigma_points(model, post, z=None):
     return mus.mean(1), mus.var(1, unbiased=False), (sigs ** 2).mean(1).sqrt()
 
 
+def decoder_variance_scale(model, b: Batch) -> torch.Tensor:
+    """(B, npix) the calibrated factor b^2 f^-gamma on the decoder's variance sigma_model^2, with f the
+    training coverage of each pixel (`SpectrumVAE.coverage`) and b, gamma from `model.sigma_scale`."""
+    scale = model.sigma_scale.float()
+    gamma = scale[SCALE_INDEX["coverage"]]
+    return scale[SCALE_INDEX["model"]] ** 2 * model.coverage(b.z, len(b)).float() ** -gamma
+
+
 @torch.no_grad()
 def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, gen=None, combine: bool | None = None,
                   covariance: bool = False) -> dict[str, torch.Tensor]:
@@ -204,8 +212,7 @@ def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, g
     decoder posteriors, which allow it; False: the model's prediction alone.
     """
     post, at = latent_posterior(model, b.x, b.ivar, b.z, kind)
-    scale = model.sigma_scale.float()
-    a, bb = scale[SCALE_INDEX.get(post.kind, 0)], scale[SCALE_INDEX["model"]]
+    a = model.sigma_scale.float()[SCALE_INDEX.get(post.kind, 0)]
     out = {}
     if at is not None:
         _, _, jac = at
@@ -227,6 +234,7 @@ def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, g
         var_lat = torch.zeros_like(mu)
     mu, sig = mu.float(), sig.float()
     var_mod = sig ** 2
+    calibrated = decoder_variance_scale(model, b)
     if combine and at is None:
         raise SpecaeError("combining with the data needs the laplace or decoder posterior")
     if combine or (combine is None and at is not None):
@@ -236,7 +244,7 @@ def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, g
         keep = (1 - w * var_lat).clamp_min(1e-6)
         mu = mu - torch.where(b.ivar > 0, w * (b.x - mu) * var_lat / keep, torch.zeros_like(mu))
         var_lat = var_lat / keep
-        var_mod = bb ** 2 * var_mod
+        var_mod = calibrated * var_mod
         var_mod = var_mod * spectrum_scale(b.x, b.ivar, mu, a ** 2 * var_lat, var_mod)
         var_mod = var_mod * spectrum_scale(b.x, b.ivar, mu, a ** 2 * var_lat, var_mod, half_width=LOCAL_HALF_WIDTH)
         var_mod = var_mod + misfit_variance(b.x, b.ivar, mu, a ** 2 * var_lat + var_mod)
@@ -245,7 +253,7 @@ def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, g
         mu = (mu / v_model.clamp_min(1e-30) + b.x * b.ivar) / precision
         shrink = 1 / (precision * v_model.clamp_min(1e-30))    # the fraction of the model variance left
         return {"flux": mu, "var_latent": a ** 2 * var_lat * shrink, "var_model": var_mod * shrink, **out}
-    return {"flux": mu, "var_latent": a ** 2 * var_lat, "var_model": bb ** 2 * var_mod, **out}
+    return {"flux": mu, "var_latent": a ** 2 * var_lat, "var_model": calibrated * var_mod, **out}
 
 
 def denoise(model, spectra: Spectra, n_samples: int = 16, batch_size: int | None = None, seed: int = 0,

@@ -291,6 +291,20 @@ def test_load_model_round_trip_gives_identical_denoising(trained, stars):
     np.testing.assert_array_equal(a.flux, c.flux)
 
 
+def test_checkpoint_written_before_the_coverage_power_loads_without_it(trained, stars, tmp_path):
+    # checkpoints from before the coverage power held three sigma factors: they load with gamma = 0
+    model, _, _ = trained
+    out = copy_run(trained, tmp_path)
+    blob = torch.load(out / "weights.pt", weights_only=True)
+    blob["state"]["sigma_scale"] = blob["state"]["sigma_scale"][:3]
+    torch.save(blob, out / "weights.pt")
+    loaded = load_model(out)
+    assert loaded.sigma_scale.tolist() == pytest.approx(model.sigma_scale[:3].tolist() + [0.0])
+    with torch.no_grad():
+        loaded.sigma_scale[3] = model.sigma_scale[3]
+    np.testing.assert_array_equal(denoise(loaded, stars[:4]).sigma, denoise(model, stars[:4]).sigma)
+
+
 def test_resume_continues_the_run(trained, stars, tmp_path):
     out = copy_run(trained, tmp_path)
     _, history = fit(stars, model_cfg=small_cfg(), cfg=tcfg(epochs=4), out_dir=out, resume=True)
@@ -402,6 +416,31 @@ def test_latent_dim_above_enc_pca_is_a_user_error():
 
 # ------------------------------------------------------------------------------------------------
 # AE
+
+
+def test_seen_holds_the_training_coverage_and_the_decoder_variance_grows_where_it_is_thin(stars):
+    # a third of the training spectra lack pixels 20-39, all of them pixels 0-4
+    s = stars.select(np.arange(30))
+    ivar, mask = s.ivar.copy(), s.mask.copy()
+    ivar[:10, 20:40], mask[:10, 20:40] = 0, True
+    ivar[:, :5], mask[:, :5] = 0, True
+    s = Spectra(s.wave, s.flux, ivar, mask)
+    model = build_model(s, small_cfg()).eval()
+    counts = (s.ivar > 0).sum(0)
+    np.testing.assert_allclose(model.seen.numpy(), counts / counts.max(), rtol=1e-6)
+    assert model.seen.max() == 1 and np.all(model.seen.numpy()[20:40] <= 20 / counts.max() + 1e-6)
+    unseen = model.unseen(None, 2)
+    assert unseen[:, :5].all() and not unseen[:, 5:].any()
+    f = model.coverage(None, 2)
+    assert f.shape == (2, s.npix) and torch.all(f[:, :5] == f[:, 5:].min())      # floored, finite
+    b, _, _ = model_input(model, s[:2])
+    from specae.denoise import predict_batch
+    with torch.no_grad():
+        model.sigma_scale.copy_(torch.tensor([1.0, 1.0, 0.5, 0.0]))
+        flat = predict_batch(model, b, combine=False)["var_model"]
+        model.sigma_scale[3] = 1.0
+        grown = predict_batch(model, b, combine=False)["var_model"]
+    np.testing.assert_allclose((grown / flat).numpy(), (1 / f).numpy(), rtol=1e-5)
 
 
 def test_ae_has_point_posterior_and_decoder_sigma(stars):

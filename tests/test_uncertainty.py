@@ -14,7 +14,25 @@ def test_model_scale_recovers_the_decoder_error_scale():
         x = np.sqrt(noise ** 2 + b_true ** 2 * var_mod) * rng.standard_normal((n, npix))   # mean 0
         ivar = noise ** -2
         ivar[:, :50] = 0
-        assert model_scale(x, ivar, np.zeros_like(x), var_mod) == pytest.approx(b_true, rel=0.1)
+        assert model_scale(x, ivar, np.zeros_like(x), var_mod) == (pytest.approx(b_true, rel=0.1), 0.0)
+
+
+def test_model_scale_finds_the_growth_where_training_coverage_is_thin():
+    # the decoder misses by f^-gamma/2 more where a fraction f of the training set covered the pixel
+    rng = np.random.default_rng(3)
+    n, npix = 400, 500
+    noise = rng.uniform(0.005, 0.05, (n, 1)) * np.ones((1, npix))
+    var_mod = rng.uniform(0.005, 0.02, (n, npix)) ** 2
+    f = np.broadcast_to(np.exp(np.linspace(np.log(0.01), 0, npix)), (n, npix))
+    ivar = noise ** -2
+    for b_true, g_true in ((0.6, 0.0), (0.6, 0.6), (1.2, 1.0)):
+        err = b_true * np.sqrt(var_mod * f ** -g_true) * rng.standard_normal((n, npix))
+        x = err + noise * rng.standard_normal((n, npix))
+        b, gamma = model_scale(x, ivar, np.zeros_like(x), var_mod, coverage=f)
+        assert b == pytest.approx(b_true, rel=0.1) and gamma == pytest.approx(g_true, abs=0.1)
+        sigma = b * np.sqrt(var_mod * f ** -gamma)
+        for cols in (slice(0, 100), slice(400, 500)):          # thin and full coverage alike
+            assert 0.64 < coverage(err[:, cols], sigma[:, cols], np.zeros_like(err[:, cols])) < 0.72
 
 
 def test_latent_scale_gives_68_percent_coverage():
@@ -28,8 +46,8 @@ def test_latent_scale_gives_68_percent_coverage():
 def test_scales_are_bounded_and_safe():
     x = np.ones((2, 10))
     one = np.ones_like(x)
-    assert model_scale(x, np.zeros_like(x), x, one) == 1.0                       # no valid pixel
-    assert model_scale(x, one, x, one) == pytest.approx(FACTOR_RANGE[0], rel=1e-3)   # residuals below the noise
+    assert model_scale(x, np.zeros_like(x), x, one) == (1.0, 0.0)                # no valid pixel
+    assert model_scale(x, one, x, one)[0] == pytest.approx(FACTOR_RANGE[0], rel=1e-3)   # residuals below the noise
     assert latent_scale(np.zeros_like(x), np.zeros_like(x)) == 1.0
     assert latent_scale(100 * one, one) == FACTOR_RANGE[1]
 
@@ -251,6 +269,6 @@ def test_model_scale_describes_the_pixels_the_model_follows_not_its_outliers():
     err = 0.6 * np.sqrt(var_mod) * np.where(wide, 5.0, 1.0) * rng.standard_normal((n, npix))
     x = err + noise * rng.standard_normal((n, npix))
     ivar = noise ** -2
-    b = model_scale(x, ivar, np.zeros_like(x), var_mod)
+    b, _ = model_scale(x, ivar, np.zeros_like(x), var_mod)
     assert b == pytest.approx(0.6, rel=0.1)                      # one Gaussian: about 1.1
     assert 0.66 < coverage(err[~wide], b * np.sqrt(var_mod[~wide]), np.zeros(int((~wide).sum()))) < 0.71

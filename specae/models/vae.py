@@ -14,6 +14,7 @@ from specae.models.decoder import Decoder
 from specae.models.encoder import Encoder
 
 LOG_2PI = math.log(2 * math.pi)
+SIGMA_SCALE_DEFAULT = (1.0, 1.0, 1.0, 0.0)   # model.sigma_scale before calibration: a_laplace, a_encoder, b, gamma
 
 
 class SpectrumVAE(nn.Module):
@@ -41,11 +42,13 @@ class SpectrumVAE(nn.Module):
         # weighted-PCA basis on the decoder grid and its prior variances, set at fit
         self.register_buffer("basis", torch.zeros(cfg.enc_pca, n_dec))
         self.register_buffer("basis_var", torch.ones(cfg.enc_pca))
-        # 1 where some training spectrum had data on the decoder grid: elsewhere the model knows nothing
+        # the fraction of the training sample with data at each decoder pixel, relative to the best-covered
+        # pixel: 0 where no training spectrum had any (the model knows nothing there)
         self.register_buffer("seen", torch.ones(n_dec))
-        # factors on the denoised sigma, calibrated on validation data after training (specae.uncertainty):
-        # latent part for the Laplace posterior, latent part for the encoder posterior, decoder part
-        self.register_buffer("sigma_scale", torch.ones(3))
+        # sigma calibration, fitted on validation data after training (specae.uncertainty): factors on the
+        # latent part for the Laplace and the encoder posterior and on the decoder part (b), and the power
+        # gamma by which the decoder part grows where the training coverage f is thin (b^2 f^-gamma)
+        self.register_buffer("sigma_scale", torch.tensor(SIGMA_SCALE_DEFAULT))
 
     @property
     def wave(self) -> np.ndarray:
@@ -91,10 +94,18 @@ class SpectrumVAE(nn.Module):
     def unseen(self, z: torch.Tensor | None, n: int) -> torch.Tensor:
         """(B, npix) bool: observed pixels whose rest wavelength no training spectrum covered (or that
         fall off the decoder's grid); the model would only invent values there."""
+        seen = (self.seen > 0).to(self.seen.dtype)
         if self.cfg.redshift is None:
-            return (self.seen < 1)[None].expand(n, -1)
-        seen = self.decoder.to_observed(self.seen[None].expand(n, -1), z, outside=0.0)
+            return (seen < 1)[None].expand(n, -1)
+        seen = self.decoder.to_observed(seen[None].expand(n, -1), z, outside=0.0)
         return seen < 1 - 1e-6
+
+    def coverage(self, z: torch.Tensor | None, n: int) -> torch.Tensor:
+        """(B, npix) the training coverage f in (0, 1] of each observed pixel (`seen`), floored at the
+        least-covered pixel the model saw, so pixels it never saw (see `unseen`) stay finite."""
+        seen = self.seen[self.seen > 0]
+        f = self.seen.clamp_min(float(seen.min()) if seen.numel() else 1.0)
+        return self._observed(f[None], z, n)[:, 0].expand(n, -1)
 
     def forward(self, x, ivar, z=None, ivar_enc=None, eps=None, x_enc=None):
         """The training pass: encode (seeing `x_enc`, `ivar_enc` if given: the spectrum with chunks hidden
