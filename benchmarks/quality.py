@@ -235,7 +235,7 @@ def run_specae(ds: Dataset, method: str, args, overrides: dict | None = None) ->
                                                                                  ds.test))
     info = {"epochs": len(hist["epoch"]), "best_epoch": hist["best_epoch"], "overrides": overrides,
             "train_rows": hist["n_train"], "val_rows": hist["n_val"],
-            "unseen_fraction": float(np.mean(getattr(d, "unseen", False)))}
+            "unseen_fraction": float(np.mean(getattr(d, "unseen", False))), "sigma_scale": hist.get("sigma_scale")}
     out = {method: Output(d.flux, d.sigma, latents, None, hist["minutes"], seconds, info)}
     if args.combine and kind == "vae":              # the AE has no latent posterior to leave a pixel out of
         dm = denoise(model, ds.test, n_samples=args.samples, combine=False)
