@@ -303,6 +303,12 @@ def test_checkpoint_written_before_the_coverage_power_loads_without_it(trained, 
     with torch.no_grad():
         loaded.sigma_scale[3] = model.sigma_scale[3]
     np.testing.assert_array_equal(denoise(loaded, stars[:4]).sigma, denoise(model, stars[:4]).sigma)
+    # and an interrupted run of that time resumes
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    state["modules"]["model"]["sigma_scale"] = state["modules"]["model"]["sigma_scale"][:3]
+    torch.save(state, out / "train_state.pt")
+    _, history = fit(stars, model_cfg=small_cfg(), cfg=tcfg(epochs=3), out_dir=out, resume=True)
+    assert history["epoch"] == [0, 1, 2] and len(history["sigma_scale"]) == 4
 
 
 def test_resume_continues_the_run(trained, stars, tmp_path):

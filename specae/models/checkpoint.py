@@ -11,7 +11,7 @@ import torch
 from specae.checkpoints import load_tensors, reading, require_files
 from specae.data.hdf5 import atomic_path
 from specae.models.config import ModelConfig
-from specae.models.vae import SIGMA_SCALE_DEFAULT, SpectrumVAE
+from specae.models.vae import SpectrumVAE
 
 
 def save_model(model: SpectrumVAE, directory, history: dict | None = None) -> None:
@@ -41,11 +41,7 @@ def load_model(directory, map_location="cpu") -> SpectrumVAE:
         blob = load_tensors(d / "weights.pt", map_location)
         wave_rest = blob.get("wave_rest")
         model = SpectrumVAE(cfg, blob["wave"].numpy(), None if wave_rest is None else wave_rest.numpy())
-        state = blob["state"]
-        old = state.get("sigma_scale")
-        if old is not None and old.numel() < len(SIGMA_SCALE_DEFAULT):   # written before gamma: no growth
-            state = {**state, "sigma_scale": torch.cat([old, torch.tensor(SIGMA_SCALE_DEFAULT[old.numel():])])}
-        model.load_state_dict(state)
+        model.load_state_dict(blob["state"])
     return model.eval()
 
 

@@ -50,6 +50,14 @@ class SpectrumVAE(nn.Module):
         # gamma by which the decoder part grows where the training coverage f is thin (b^2 f^-gamma)
         self.register_buffer("sigma_scale", torch.tensor(SIGMA_SCALE_DEFAULT))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints and training states written before gamma hold three sigma entries: no growth (gamma 0)
+        key = prefix + "sigma_scale"
+        old = state_dict.get(key)
+        if old is not None and old.numel() < len(SIGMA_SCALE_DEFAULT):
+            state_dict[key] = torch.cat([old, old.new_tensor(SIGMA_SCALE_DEFAULT[old.numel():])])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def wave(self) -> np.ndarray:
         """(npix,) the observed grid in Angstrom."""
