@@ -51,6 +51,8 @@ def test_quality_suite_on_the_emulator(tmp_path, one_thread):
     assert m["oracle"]["rmse_all"] < 0.2 * m["noisy"]["rmse_all"] and m["oracle"]["r2"]["TEFF"] > 0.3
     assert m["pca"]["r2"]["mean"] is not None and m["sg"]["r2"]["mean"] is None
     assert len(data["table"]) == 5 and "| vae-mlp |" in md and "RMSE/oracle" in md
+    # the decoder's own best reconstruction of the truth is a floor under its denoised RMSE
+    assert 0 < m["vae-mlp"]["rmse_best_latent"] < m["vae-mlp"]["rmse_all"] and m["pca"].get("rmse_best_latent") is None
 
 
 def test_quality_suite_on_galaxies_names_a_missing_peer(tmp_path, monkeypatch):
