@@ -246,8 +246,10 @@ def run_specae(ds: Dataset, method: str, args, overrides: dict | None = None) ->
 
 def best_latent_rmse(model, ds: Dataset, snr: float = 1e4) -> float:
     """RMSE to the truth of the model's best reconstruction of each noise-free test spectrum (the truth given
-    as data at S/N `snr` per pixel, the decoder posterior run to convergence): what the decoder can represent
-    at all, whatever the noise, against which the denoised RMSE measures the cost of inferring the latents."""
+    as data at S/N `snr` per pixel, the decoder posterior run to convergence). The fit weights each pixel by
+    1/sigma_model^2, so where the decoder's scatter is nearly flat (the emulator's stars) this is the floor of
+    what the decoder can represent, against which the denoised RMSE measures the cost of inferring the
+    latents from noisy data; where the scatter singles out lines (galaxies) it is no RMSE floor."""
     from specae.denoise import denoise
 
     ev = np.broadcast_to(ds.evaluable, ds.truth.shape)
@@ -582,7 +584,9 @@ def main(argv: list[str] | None = None) -> dict:
         "RMSE: to the noise-free truth over every pixel the data can constrain (masked pixels of single spectra "
         "included; the emulator's always-masked APOGEE pixels excluded); the noisy input over its valid pixels.",
         "RMSE best latent (VAE): the model's own best reconstruction of each noise-free test spectrum (the truth "
-        "as data at S/N 1e4, the decoder posterior run to convergence): what its decoder can represent at all.",
+        "as data at S/N 1e4, the decoder posterior run to convergence, pixels weighted by 1/sigma_model²): what "
+        "the decoder can represent where its scatter is nearly flat (stars); on galaxies the weighting "
+        "discounts the lines, so it is no RMSE floor there.",
         "chi2/dof: mean of ivar (denoised - noisy)^2 over the test spectra's valid pixels (1 = as close to the "
         "data as the truth is; below 1 = fitting the noise).",
         "±kσ: fraction of true values inside denoised ± k sigma (calibrated: 68.3 %, 95.4 %); – for methods "
