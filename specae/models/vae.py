@@ -102,10 +102,9 @@ class SpectrumVAE(nn.Module):
     def unseen(self, z: torch.Tensor | None, n: int) -> torch.Tensor:
         """(B, npix) bool: observed pixels whose rest wavelength no training spectrum covered (or that
         fall off the decoder's grid); the model would only invent values there."""
-        seen = (self.seen > 0).to(self.seen.dtype)
         if self.cfg.redshift is None:
-            return (seen < 1)[None].expand(n, -1)
-        seen = self.decoder.to_observed(seen[None].expand(n, -1), z, outside=0.0)
+            return (self.seen <= 0)[None].expand(n, -1)
+        seen = self.decoder.to_observed((self.seen > 0).to(self.seen.dtype)[None].expand(n, -1), z, outside=0.0)
         return seen < 1 - 1e-6
 
     def coverage(self, z: torch.Tensor | None, n: int) -> torch.Tensor:
