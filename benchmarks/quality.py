@@ -19,6 +19,7 @@ benchmarks/README.md. Writes benchmarks/results/<name>.json, .md and .png throug
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -31,9 +32,11 @@ from benchmarks.peers import SpenderPeer, spender_unavailable
 from benchmarks.report import write_results
 from specae.baselines import SavitzkyGolay, WeightedPCA
 from specae.data.payne import LABEL_NAMES, PayneEmulator, default_payne_dir
+from specae.data.readers import read_many
 from specae.data.resample import loglam_grid
 from specae.data.spectra import Spectra
 from specae.data.synthetic import add_noise, galaxy_spectra, galaxy_wave
+from specae.denoise import heldout
 from specae.metrics import coverage, rmse
 from specae.regress import r2, ridge_fit
 
@@ -55,6 +58,10 @@ R2_LABELS = {"payne": {"TEFF": None, "LOGG": None, "FE_H": None},
 PCA_REST_ITER = 200
 RIDGE_ALPHA = 1.0            # on standardised latents: a guard against collinear latents, not a prior
 RIDGE_MAX_TRAIN = 5000       # training latents used for the ridge fit (encoding 1e5 spectra adds nothing)
+# Real survey spectra for the held-out pixel check of each set (under the shared data folder): continuum-normalised
+# APOGEE spectra like the emulator's; SDSS and DESI spectra with their redshifts (Z) for the galaxies
+REAL_SPECTRA = {"payne": ("apogee/aspcapStar-*.fits",),
+                "galaxy": ("sdss/spec-*.fits", "sdss/gelato-*.fits", "desi/coadd-*.fits")}
 CHUNK = 10_000               # spectra generated per chunk (bounds the emulator's float64 temporaries)
 IN_MEMORY_MAX = 20_000       # with --stream, training rows kept in memory for the methods that need them there
 SWEEPS = {"n-train": None, "latent": "latent_dim", "seed": "seed"}   # --sweep: the option each point sets
@@ -75,6 +82,7 @@ class Dataset:
     files: tuple = ()                     # --stream: the whole training set in HDF5 files of CHUNK rows, which
                                           # specae streams; `train` then holds their first IN_MEMORY_MAX rows
     thin: np.ndarray | None = None        # (N_test, npix) pixels whose rest wavelength few training spectra cover
+    real: Spectra | None = None           # real survey spectra on the set's grid (no truth: held-out pixels)
 
     @property
     def n_train(self) -> int:
@@ -133,7 +141,8 @@ def make_dataset(name: str, n_train: int, n_test: int, pixels: str | None = None
         test, clean = emu.mock(n_test, seed=[seed, 1])
         train = Spectra.concatenate([_train_chunk(emu, None, a, min(CHUNK, n_train - a), seed)
                                      for a in range(0, n_train, CHUNK)])
-        return Dataset(name, train, test, clean.flux, ~emu.bad_pixels, None, None, emu)
+        return Dataset(name, train, test, clean.flux, ~emu.bad_pixels, None, None, emu,
+                       real=real_spectra(name, test.wave))
     if name == "galaxy":
         wave = galaxy_wave()
         wave = wave[_window(wave.size, pixels)]
@@ -142,7 +151,7 @@ def make_dataset(name: str, n_train: int, n_test: int, pixels: str | None = None
         train = Spectra.concatenate([_train_chunk(None, wave, a, min(CHUNK, n_train - a), seed)
                                      for a in range(0, n_train, CHUNK)])
         return Dataset(name, train, test, clean.flux, np.ones(wave.size, bool), emission_line_pixels(test), "Z",
-                       thin=thin_coverage_pixels(train, test))
+                       thin=thin_coverage_pixels(train, test), real=real_spectra(name, wave))
     raise SystemExit(f"unknown set {name!r} (payne or galaxy)")
 
 
@@ -172,6 +181,34 @@ def _train_chunk(emu: PayneEmulator | None, wave: np.ndarray | None, a: int, n: 
     if emu is not None:
         return emu.mock(n, seed=[seed, 0, a])[0]
     return add_noise(galaxy_spectra(n, seed=[seed, 0, a], wave=wave), seed=[seed, 3, a])
+
+
+def shared_data_dir() -> Path | None:
+    """$SPECAE_SHARED_DATA if set, else ../shared/data beside the repository, if that folder exists."""
+    env = os.environ.get("SPECAE_SHARED_DATA")
+    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return path if path.is_dir() else None
+
+
+def real_spectra(name: str, wave: np.ndarray) -> Spectra | None:
+    """The set's real survey spectra (REAL_SPECTRA) on `wave`, spectra without data dropped; None when absent."""
+    root = shared_data_dir()
+    paths = sorted(p for pattern in REAL_SPECTRA[name] for p in root.glob(pattern)) if root else []
+    return read_many(paths, wave=wave).drop_empty() if paths else None
+
+
+def real_check(model, ds: Dataset, **options) -> dict:
+    """Held-out pixel figures of a denoiser on the set's real spectra (`specae.denoise.heldout`, `options` to
+    specae's denoise): the fraction of pixels inside +-1 and +-2 sigma (noise included) and the prediction
+    error in units of the noise."""
+    if ds.real is None:
+        return {}
+    h = heldout(model, ds.real, **options)
+    ok = np.isfinite(h.z)
+    err = (ds.real.flux - h.flux)[ok] ** 2 * ds.real.ivar[ok]
+    return {"real_within_1sigma": float(np.mean(np.abs(h.z[ok]) < 1)),
+            "real_within_2sigma": float(np.mean(np.abs(h.z[ok]) < 2)),
+            "real_err_over_noise": float(np.sqrt(np.mean(err))), "real_pixels": int(ok.sum())}
 
 
 def thin_coverage_pixels(train: Spectra, test: Spectra, below: float = THIN_COVERAGE) -> np.ndarray:
@@ -236,11 +273,12 @@ def run_specae(ds: Dataset, method: str, args, overrides: dict | None = None) ->
     info = {"epochs": len(hist["epoch"]), "best_epoch": hist["best_epoch"], "overrides": overrides,
             "train_rows": hist["n_train"], "val_rows": hist["n_val"],
             "unseen_fraction": float(np.mean(getattr(d, "unseen", False))), "sigma_scale": hist.get("sigma_scale"),
-            "rmse_best_latent": best_latent_rmse(model, ds) if kind == "vae" else None}
+            "rmse_best_latent": best_latent_rmse(model, ds) if kind == "vae" else None, **real_check(model, ds)}
     out = {method: Output(d.flux, d.sigma, latents, None, hist["minutes"], seconds, info)}
     if args.combine and kind == "vae":              # the AE has no latent posterior to leave a pixel out of
         dm = denoise(model, ds.test, n_samples=args.samples, combine=False)
-        out[method + " (model alone)"] = Output(dm.flux, dm.sigma, None, None, hist["minutes"], None, info)
+        out[method + " (model alone)"] = Output(dm.flux, dm.sigma, None, None, hist["minutes"], None,
+                                                {**info, **real_check(model, ds, combine=False)})
     return out
 
 
@@ -273,7 +311,7 @@ def run_pca(ds: Dataset, args) -> Output:
     flux, sigma = pca.denoise(ds.test)
     seconds = time.perf_counter() - t0
     latents = (pca.encode(_ridge_subset(ds.train, args.seed))[0], pca.encode(ds.test)[0])
-    return Output(flux, sigma, latents, None, minutes, seconds)
+    return Output(flux, sigma, latents, None, minutes, seconds, real_check(pca, ds))
 
 
 def run_pca_rest(ds: Dataset, args) -> Output:
@@ -304,7 +342,8 @@ def run_sg(ds: Dataset, args) -> Output:
     minutes = (time.perf_counter() - t0) / 60
     t0 = time.perf_counter()
     flux, sigma = sg.denoise(ds.test)
-    return Output(flux, sigma, None, None, minutes, time.perf_counter() - t0, {"window": sg.window_})
+    return Output(flux, sigma, None, None, minutes, time.perf_counter() - t0,
+                  {"window": sg.window_, **real_check(sg, ds)})
 
 
 def run_spender(ds: Dataset, args) -> Output:
@@ -392,8 +431,10 @@ def row(ds: Dataset, method: str, f: dict | None, oracle_rmse: float | None, rea
              "±1σ": g("coverage_1sigma_all"), "±2σ": g("coverage_2sigma_all"),
              "±1σ masked": g("coverage_1sigma_masked"), "±2σ masked": g("coverage_2sigma_masked"),
              "±1σ lines": g("coverage_1sigma_lines"), "±2σ lines": g("coverage_2sigma_lines"),
-             "±1σ thin": g("coverage_1sigma_thin"), "±2σ thin": g("coverage_2sigma_thin")}
-    for part, given in (("lines", ds.lines), ("thin", ds.thin)):
+             "±1σ thin": g("coverage_1sigma_thin"), "±2σ thin": g("coverage_2sigma_thin"),
+             "real ±1σ": g("real_within_1sigma"), "real ±2σ": g("real_within_2sigma"),
+             "real err/noise": g("real_err_over_noise")}
+    for part, given in (("lines", ds.lines), ("thin", ds.thin), ("real", ds.real)):
         if given is None:
             cells = {k: v for k, v in cells.items() if part not in k}
     if ds.emulator is None:
@@ -600,6 +641,12 @@ def main(argv: list[str] | None = None) -> dict:
                      "in the rest frame (known z); PCA and Savitzky-Golay work in the observed frame. Thin: pixels "
                      f"whose rest wavelength under {THIN_COVERAGE:.0%} of the training spectra cover (the rest-frame "
                      "ends).")
+    if ds.real is not None:
+        notes.append(f"Real: {len(ds.real)} real survey spectra ({', '.join(REAL_SPECTRA[args.set])} in the shared "
+                     "data), unlike any training spectrum, on the set's grid; each valid pixel hidden once (a tenth at "
+                     "a time), predicted from the rest and compared with its measurement: ±kσ is the fraction "
+                     "inside the prediction ± k sqrt(sigma² + noise²), err/noise the RMS of (measured - "
+                     "predicted) / noise (1: as good as the truth would be).")
     if ds.files:
         notes.append(f"Training sets above {IN_MEMORY_MAX} spectra are streamed to specae from HDF5 files; "
                      f"the other methods fit their first {IN_MEMORY_MAX} spectra, held in memory.")

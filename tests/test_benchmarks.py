@@ -53,6 +53,12 @@ def test_quality_suite_on_the_emulator(tmp_path, one_thread):
     assert len(data["table"]) == 5 and "| vae-mlp |" in md and "RMSE/oracle" in md
     # the decoder's own best reconstruction of the truth is a floor under its denoised RMSE
     assert 0 < m["vae-mlp"]["rmse_best_latent"] < m["vae-mlp"]["rmse_all"] and m["pca"].get("rmse_best_latent") is None
+    # real APOGEE spectra, held-out pixels: every denoiser with a sigma is checked on them
+    if shared_dir("apogee"):
+        for name in ("pca", "sg", "vae-mlp"):
+            assert 0 < m[name]["real_within_1sigma"] < m[name]["real_within_2sigma"] <= 1, name
+            assert m[name]["real_err_over_noise"] > 0.9 and m[name]["real_pixels"] > 1000, name
+        assert m["oracle"].get("real_within_1sigma") is None and "real ±1σ" in md
 
 
 def test_quality_suite_on_galaxies_names_a_missing_peer(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""`specae train / denoise / encode / demo` end to end on tiny HDF5 files: what each command writes,
+"""`specae train / denoise / heldout / encode / demo` end to end on tiny HDF5 files: what each command writes,
 and that bad input ends in one 'specae: error:' line, exit code 2, no output and untouched inputs."""
 
 import collections
@@ -120,6 +120,27 @@ def test_denoise_writes_flux_sigma_ids_labels(files, vae_model, tmp_path, capsys
     truth = stellar_spectra(30, seed=1, wave=WAVE).flux
     good = ~src.mask
     assert np.sqrt(np.mean((res.flux - truth)[good] ** 2)) < np.sqrt(np.mean((src.flux - truth)[good] ** 2))
+
+
+def test_heldout_writes_per_spectrum_checks_and_one_summary_line(files, vae_model, tmp_path, capsys):
+    from specae.denoise import heldout
+    from specae.models.checkpoint import load_model
+
+    out = tmp_path / "check.h5"
+    code, stdout, _ = run(capsys, "heldout", vae_model, files["stars"], "-o", out, "--passes", "3")
+    assert code == 0 and "checked 30 spectra" in stdout
+    expect = heldout(load_model(vae_model), read_h5(files["stars"]), passes=3)
+    with h5py.File(out) as f:
+        z, n = f["heldout_z"][()], f["n_heldout"][()]
+        within1, chi2 = f["heldout_within_1sigma"][()], f["heldout_chi2_dof"][()]
+        ids = np.array([s.decode() for s in f["ids"][()]])
+    np.testing.assert_array_equal(n, expect.n)
+    np.testing.assert_allclose(z, expect.z, rtol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(within1, expect.within(1))
+    np.testing.assert_allclose(chi2, expect.chi2_dof(), rtol=1e-6)
+    np.testing.assert_array_equal(ids, read_h5(files["stars"]).ids)
+    pooled = np.sum(expect.within(1) * expect.n) / expect.n.sum()
+    assert f"{expect.n.sum()} held-out pixels: {100 * pooled:.1f} % inside +-1 sigma" in stdout
 
 
 def test_encode_writes_latents(files, vae_model, tmp_path, capsys):

@@ -18,7 +18,7 @@ from specae.data.resample import loglam_grid
 from specae.data.spectra import Spectra
 from specae.data.synthetic import add_noise, galaxy_spectra, stellar_spectra
 from specae.data.tensors import Batch
-from specae.denoise import denoise, encode, model_input
+from specae.denoise import denoise, encode, heldout, model_input
 from specae.errors import SpecaeError
 from specae.models import ModelConfig, SpectrumVAE, load_model, save_model
 from specae.models.vae import chi2, gaussian_nll, kl_normal
@@ -537,6 +537,40 @@ def test_denoise_is_reproducible_seeded_and_independent_of_the_batch_split(train
             d = denoise(model, stars[:6], batch_size=rows)
             np.testing.assert_allclose(d.flux, a.flux, rtol=1e-4, atol=1e-6)   # float32 BLAS blocking
             np.testing.assert_allclose(d.sigma, a.sigma, rtol=1e-4, atol=1e-6)
+
+
+def test_heldout_predicts_each_valid_pixel_without_its_own_measurement(trained, stars, monkeypatch):
+    model = trained[0]
+    s = stars[:5]
+    s.ivar[1, 30:60] = 0                  # masked pixels have no measurement to score
+    s = Spectra(s.wave, s.flux, s.ivar, s.ivar == 0, s.labels, s.ids)
+    h = heldout(model, s, passes=4)
+    valid = s.ivar > 0
+    np.testing.assert_array_equal(np.isfinite(h.z), valid)
+    np.testing.assert_array_equal(h.n, valid.sum(1))
+    noise_var = 1 / np.where(valid, s.ivar, 1)
+    np.testing.assert_allclose(h.z[valid], ((s.flux - h.flux) / np.sqrt(h.sigma ** 2 + noise_var))[valid], rtol=1e-6)
+    np.testing.assert_allclose(h.chi2_dof(), np.nanmean(h.z ** 2, 1), rtol=1e-6)
+    np.testing.assert_allclose(h.within(2), (valid & (np.abs(np.nan_to_num(h.z)) < 2)).sum(1) / valid.sum(1))
+    # a pixel's prediction does not see its own measurement: move it and only its z changes
+    j = np.flatnonzero(valid[0])[valid[0].sum() // 2]
+    moved = Spectra(s.wave, s.flux.copy(), s.ivar, s.mask, s.labels, s.ids)
+    moved.flux[0, j] += 5.0
+    h2 = heldout(model, moved, passes=4)
+    assert h2.flux[0, j] == pytest.approx(h.flux[0, j], rel=1e-5)
+    assert h2.z[0, j] == pytest.approx(h.z[0, j] + 5.0 / np.sqrt(h.sigma[0, j] ** 2 + 1 / s.ivar[0, j]), rel=1e-4)
+    # a sigma ten times too wide puts nearly everything inside +-1 sigma, and the chi2 falls
+    import specae.denoise as dn
+    plain = dn.denoise
+
+    def wide(*args, **kw):
+        d = plain(*args, **kw)
+        d.sigma = 10 * d.sigma
+        return d
+    monkeypatch.setattr(dn, "denoise", wide)
+    h3 = heldout(model, s, passes=4)
+    assert np.all(h3.within(1) >= h.within(1)) and np.all(h3.chi2_dof() < h.chi2_dof())
+    assert np.nanmin(h3.within(1)) > 0.9
 
 
 def test_data_on_another_grid_are_resampled_when_they_cover_the_model_else_refused(trained, stars):

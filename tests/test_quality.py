@@ -31,12 +31,12 @@ def payne_run():
     model, hist = fit(fit_set, val, ModelConfig(npix=train.npix, latent_dim=6),
                       TrainConfig(epochs=30, patience=8, lr=2e-3, progress=False))   # few steps: a faster rate
     d = denoise(model, test, n_samples=32)
-    pca_flux, _ = WeightedPCA(6).fit(train).denoise(test)
-    return d, pca_flux, test, truth, np.broadcast_to(ev, truth.shape), hist, model
+    return d, WeightedPCA(6).fit(train), test, truth, np.broadcast_to(ev, truth.shape), hist, model
 
 
 def test_vae_beats_weighted_pca_on_held_out_apogee_emulator_spectra(payne_run):
-    d, pca_flux, test, truth, ev, hist, _ = payne_run
+    d, pca, test, truth, ev, hist, _ = payne_run
+    pca_flux, _ = pca.denoise(test)
     r_vae, r_pca = rmse(d.flux, truth, ev), rmse(pca_flux, truth, ev)
     print(f"VAE {r_vae:.5f} PCA {r_pca:.5f} ratio {r_vae / r_pca:.3f} epochs {len(hist['epoch'])}")
     assert r_vae < 0.92 * r_pca
@@ -61,6 +61,42 @@ def test_vae_sigma_is_calibrated_on_all_pixels_masked_included(payne_run):
     for lo, hi, floor in ((5, 15, 0.55), (15, 80, 0.6)):
         rows = ((snr >= lo) & (snr < hi))[:, None]
         assert floor <= coverage(d.flux, d.sigma, truth, 1, ev & rows) <= 0.8
+
+
+def test_held_out_pixels_check_sigma_without_truth(payne_run):
+    # on spectra like the training set, each pixel predicted from the others lands inside its measurement's
+    # +-1 sigma as often as a Gaussian says: the check a survey can run on its own data
+    from specae.denoise import heldout
+
+    _, _, test, _, ev, _, model = payne_run
+    h = heldout(model, test, passes=5)
+    np.testing.assert_array_equal(h.n, (ev & ~test.mask).sum(1))      # every valid pixel the model saw, once
+    n = h.n.sum()
+    c1, c2 = np.sum(h.within(1) * h.n) / n, np.sum(h.within(2) * h.n) / n
+    print(f"held-out emulator pixels: {c1:.3f} inside 1 sigma, {c2:.3f} inside 2, chi2/dof {np.mean(h.chi2_dof()):.3f}")
+    assert 0.65 <= c1 <= 0.72 and 0.93 <= c2 <= 0.975
+
+
+def test_real_apogee_spectra_unlike_the_training_set_keep_sigma_honest(payne_run):
+    # real aspcapStar spectra (cool dwarfs and giants, outside the emulator's range), resampled onto the
+    # model's window: the model is wrong by several times the noise, and sigma has to say so
+    from specae.data.readers import read_many
+    from specae.denoise import heldout
+
+    _, pca, _, _, _, _, model = payne_run
+    real = read_many(sorted(shared_dir("apogee").glob("aspcapStar-*.fits")), wave=model.wave)
+    h, h_pca = heldout(model, real), heldout(pca, real)
+    ok = np.isfinite(h.z)
+    n = h.n.sum()
+    c1, c2 = np.sum(h.within(1) * h.n) / n, np.sum(h.within(2) * h.n) / n
+    noise = np.sqrt(np.median(1 / real.ivar[ok]))
+    err, err_pca = (np.sqrt(np.mean((real.flux - f)[ok] ** 2)) for f in (h.flux, h_pca.flux))
+    c1_pca = np.mean(np.abs(h_pca.z[ok]) < 1)
+    print(f"real APOGEE held-out pixels: rms error {err:.4f} (PCA {err_pca:.4f}) against noise {noise:.4f}; "
+          f"{c1:.3f} inside 1 sigma (PCA {c1_pca:.3f}), {c2:.3f} inside 2")
+    assert err > 2 * noise                   # the model is out of its depth: its sigma, not the noise, decides
+    assert 0.6 <= c1 <= 0.8 and c2 >= 0.93
+    assert err < err_pca and c1_pca < 0.5     # PCA's propagated sigma does not know it is wrong
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""`specae train / denoise / encode / demo`: the VAE/AE commands.
+"""`specae train / denoise / heldout / encode / demo`: the VAE/AE commands.
 
-denoise and encode stream: each input file is read and written block by block; given several files
+denoise, heldout and encode stream: each input file is read and written block by block; given several files
 (or a glob) and an output directory they run as a batch job that skips outputs already complete.
 """
 
@@ -102,6 +102,29 @@ def _denoise(args) -> None:
                       "flux_unit": "", "frame": "observed"})
 
 
+def _heldout(args) -> None:
+    from specae.denoise import heldout
+
+    model = load_for_inference(args)
+    pooled = {"n": 0, "in1": 0.0, "in2": 0.0, "chi2": 0.0}
+
+    def fn(part):
+        h = heldout(model, part, passes=args.passes, seed=args.seed, batch_size=args.batch_size,
+                    posterior=args.posterior, precision=args.precision)
+        n = h.n
+        pooled["n"] += int(n.sum())
+        for key, per in (("in1", h.within(1)), ("in2", h.within(2)), ("chi2", h.chi2_dof())):
+            pooled[key] += float(np.nansum(per * n))
+        return {"heldout_z": h.z.astype(np.float32), "heldout_chi2_dof": h.chi2_dof(),
+                "heldout_within_1sigma": h.within(1), "heldout_within_2sigma": h.within(2), "n_heldout": n}
+
+    run_files(args, fn, wave=model.wave, verb="checked",
+              attrs={"source": f"specae heldout ({args.posterior} posterior, {args.passes} passes)"})
+    n = max(pooled["n"], 1)
+    print(f"{pooled['n']} held-out pixels: {100 * pooled['in1'] / n:.1f} % inside +-1 sigma (68.3 % if calibrated), "
+          f"{100 * pooled['in2'] / n:.1f} % inside +-2 sigma (95.4 %), chi2/dof {pooled['chi2'] / n:.3f}")
+
+
 def _encode(args) -> None:
     from specae.denoise import encode
 
@@ -180,6 +203,14 @@ def register(sub) -> None:
     d.add_argument("--pixel-covariance", action="store_true",
                    help="also write flux_cov_factor (N, npix, K): the low-rank latent part of the pixel covariance")
     d.set_defaults(func=_denoise)
+
+    h = sub.add_parser("heldout", help="check sigma without truth: hide each valid pixel once, predict it from "
+                                       "the rest, score it against its measurement")
+    _inputs(h, "spectra to check (files or glob patterns)")
+    h.add_argument("--passes", type=positive_int, default=10, metavar="P",
+                   help="a random 1/P of the valid pixels is hidden at a time (default 10)")
+    h.add_argument("--seed", type=int, default=0, metavar="S")
+    h.set_defaults(func=_heldout)
 
     e = sub.add_parser("encode", help="write latent posteriors: z_mean, z_std, z_cov (and log_amplitude)")
     _inputs(e, "spectra to encode (files or glob patterns)")
