@@ -80,6 +80,13 @@ MISFIT_HALF_WIDTH = 2
 MISFIT_ALPHA = 1e-5
 
 
+def neighbour_sum(t: torch.Tensor, half_width: int) -> torch.Tensor:
+    """(B, npix) sums of t over each pixel's neighbours within `half_width` pixels, the pixel itself left out."""
+    kernel = torch.ones(1, 1, 2 * half_width + 1, dtype=t.dtype, device=t.device)
+    kernel[..., half_width] = 0
+    return F.conv1d(t[:, None], kernel, padding=half_width)[:, 0]
+
+
 def misfit_variance(x, ivar, mu, var, half_width: int = MISFIT_HALF_WIDTH, alpha: float = MISFIT_ALPHA):
     """Model error variance (B, npix) that the data show but the model's variance `var` does not, from
     each pixel's neighbours (the pixel itself left out, so its measurement is not counted twice).
@@ -91,14 +98,8 @@ def misfit_variance(x, ivar, mu, var, half_width: int = MISFIT_HALF_WIDTH, alpha
     valid = (ivar > 0).to(mu.dtype)
     total = torch.where(ivar > 0, 1 / ivar.clamp_min(1e-30), torch.ones_like(ivar)) + var
     r2 = valid * (x - mu) ** 2
-    kernel = torch.ones(1, 1, 2 * half_width + 1, dtype=mu.dtype, device=mu.device)
-    kernel[..., half_width] = 0
-
-    def around(t):   # (B, npix) sums over each pixel's neighbours
-        return F.conv1d(t[:, None], kernel, padding=half_width)[:, 0]
-
-    n = around(valid)
-    stat, excess = around(r2 / total), around(valid * (r2 - total))
+    n = neighbour_sum(valid, half_width)
+    stat, excess = neighbour_sum(r2 / total, half_width), neighbour_sum(valid * (r2 - total), half_width)
     quantile = torch.as_tensor(chi2.isf(alpha, np.arange(1, 2 * half_width + 1)), dtype=mu.dtype, device=mu.device)
     limit = torch.cat([quantile.new_full((1,), np.inf), quantile])[n.round().long()]
     return torch.where(stat > limit, excess / n.clamp_min(1), torch.zeros_like(mu)).clamp_min(0)
@@ -151,6 +152,31 @@ def spectrum_scale(x, ivar, mu, var_other, var_model, prior: float = SPECTRUM_SC
             info = info + total(0.5 * w * w)
         t = (t - grad / info).clamp(-10, 10)
     return t.exp()
+
+
+# A masked pixel's model error is taken as shared by its immediate neighbours only: on one galaxy model and one
+# star model, windows of 4, 2 and 1 pixels on either side gave masked-pixel RMSE 0.16506, 0.16497 and 0.16452
+# on the synthetic galaxies (0.1648 without the shift; stars unchanged at 0.00494), and held-out pixels of real
+# spectra missed by 2.20, 2.09 and 2.10 noise sigma (SDSS/DESI; 3.01 without) and 3.89, 3.62, 3.60 (APOGEE; 6.09)
+INPAINT_HALF_WIDTH = 1
+
+
+def inpaint_offset(x, ivar, mu, excess, half_width: int = INPAINT_HALF_WIDTH):
+    """Shift (B, npix) of masked pixels' predictions toward their neighbours' data, and the variance it
+    removes: where the neighbours show the model off by more than its variance says (`excess`, the local
+    scale's and the misfit's part of the model variance), the error is taken as locally constant with prior
+    N(0, excess), and its estimate, the neighbours' noise-weighted mean residual (variance 1 / sum ivar),
+    is added with the usual shrinkage k = excess / (excess + 1 / sum ivar). Valid pixels have their own
+    measurement and are left alone, so are pixels whose neighbours follow the model (excess 0).
+
+    On spectra unlike the training set this is what keeps a masked pixel near its neighbours.
+    """
+    valid = ivar > 0
+    weight = torch.where(valid, ivar, torch.zeros_like(ivar))
+    info = neighbour_sum(weight, half_width)                                       # sum of the neighbours' ivar
+    mean = neighbour_sum(weight * torch.where(valid, x - mu, torch.zeros_like(mu)), half_width) / info.clamp_min(1e-30)
+    k = torch.where(~valid & (info > 0), excess / (excess + 1 / info.clamp_min(1e-30)), torch.zeros_like(mu))
+    return k * mean, k * excess
 
 
 def _device(model) -> torch.device:
@@ -206,7 +232,8 @@ def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, g
     the *other* pixels (the Laplace posterior with the pixel left out, a rank-one downdate) is averaged
     with the measurement by their precisions, so no pixel is counted twice. Those predictions also set
     each spectrum's own model-variance scale, each stretch's around it (`spectrum_scale`) and the local
-    misfit (`misfit_variance`).
+    misfit (`misfit_variance`); a masked pixel whose neighbours show the model off moves toward them
+    (`inpaint_offset`).
     Where the model is sure (a stellar continuum) this is the model's value; where the data are (a strong
     emission line the latents cannot follow) it is the data's. None (default): on for the laplace and
     decoder posteriors, which allow it; False: the model's prediction alone.
@@ -245,9 +272,11 @@ def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, g
         mu = mu - torch.where(b.ivar > 0, w * (b.x - mu) * var_lat / keep, torch.zeros_like(mu))
         var_lat = var_lat / keep
         var_mod = calibrated * var_mod
-        var_mod = var_mod * spectrum_scale(b.x, b.ivar, mu, a ** 2 * var_lat, var_mod)
-        var_mod = var_mod * spectrum_scale(b.x, b.ivar, mu, a ** 2 * var_lat, var_mod, half_width=LOCAL_HALF_WIDTH)
+        spectrum = var_mod * spectrum_scale(b.x, b.ivar, mu, a ** 2 * var_lat, var_mod)
+        var_mod = spectrum * spectrum_scale(b.x, b.ivar, mu, a ** 2 * var_lat, spectrum, half_width=LOCAL_HALF_WIDTH)
         var_mod = var_mod + misfit_variance(b.x, b.ivar, mu, a ** 2 * var_lat + var_mod)
+        shift, explained = inpaint_offset(b.x, b.ivar, mu, (var_mod - spectrum).clamp_min(0))
+        mu, var_mod = mu + shift, var_mod - explained
         v_model = a ** 2 * var_lat + var_mod
         precision = 1 / v_model.clamp_min(1e-30) + b.ivar
         mu = (mu / v_model.clamp_min(1e-30) + b.x * b.ivar) / precision

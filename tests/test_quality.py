@@ -79,24 +79,28 @@ def test_held_out_pixels_check_sigma_without_truth(payne_run):
 
 def test_real_apogee_spectra_unlike_the_training_set_keep_sigma_honest(payne_run):
     # real aspcapStar spectra (cool dwarfs and giants, outside the emulator's range), resampled onto the
-    # model's window: the model is wrong by several times the noise, and sigma has to say so
+    # model's window: the model is wrong by several times the noise, and sigma has to say so (a little
+    # conservatively: about 79 % inside +-1 sigma)
     from specae.data.readers import read_many
     from specae.denoise import heldout
 
     _, pca, _, _, _, _, model = payne_run
     real = read_many(sorted(shared_dir("apogee").glob("aspcapStar-*.fits")), wave=model.wave)
     h, h_pca = heldout(model, real), heldout(pca, real)
+    h_alone = heldout(model, real, combine=False)
     ok = np.isfinite(h.z)
     n = h.n.sum()
     c1, c2 = np.sum(h.within(1) * h.n) / n, np.sum(h.within(2) * h.n) / n
     noise = np.sqrt(np.median(1 / real.ivar[ok]))
-    err, err_pca = (np.sqrt(np.mean((real.flux - f)[ok] ** 2)) for f in (h.flux, h_pca.flux))
+    err, err_pca, err_alone = (np.sqrt(np.mean((real.flux - f)[ok] ** 2)) for f in (h.flux, h_pca.flux, h_alone.flux))
     c1_pca = np.mean(np.abs(h_pca.z[ok]) < 1)
-    print(f"real APOGEE held-out pixels: rms error {err:.4f} (PCA {err_pca:.4f}) against noise {noise:.4f}; "
-          f"{c1:.3f} inside 1 sigma (PCA {c1_pca:.3f}), {c2:.3f} inside 2")
+    print(f"real APOGEE held-out pixels: rms error {err:.4f} (model alone {err_alone:.4f}, PCA {err_pca:.4f}) against "
+          f"noise {noise:.4f}; {c1:.3f} inside 1 sigma (PCA {c1_pca:.3f}), {c2:.3f} inside 2")
     assert err > 2 * noise                   # the model is out of its depth: its sigma, not the noise, decides
-    assert 0.6 <= c1 <= 0.8 and c2 >= 0.93
-    assert err < err_pca and c1_pca < 0.5     # PCA's propagated sigma does not know it is wrong
+    assert 0.6 <= c1 <= 0.85 and c2 >= 0.93
+    assert err_alone < err_pca and c1_pca < 0.5     # PCA's propagated sigma does not know it is wrong
+    # the default combination moves each hidden pixel toward its neighbours where they show the model off
+    assert err < 0.85 * err_alone
 
 
 @pytest.fixture(scope="module")

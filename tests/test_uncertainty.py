@@ -272,3 +272,35 @@ def test_model_scale_describes_the_pixels_the_model_follows_not_its_outliers():
     b, _ = model_scale(x, ivar, np.zeros_like(x), var_mod)
     assert b == pytest.approx(0.6, rel=0.1)                      # one Gaussian: about 1.1
     assert 0.66 < coverage(err[~wide], b * np.sqrt(var_mod[~wide]), np.zeros(int((~wide).sum()))) < 0.71
+
+
+def test_inpaint_offset_moves_masked_pixels_toward_neighbours_the_model_misses_and_nothing_else():
+    import torch
+
+    from specae.denoise import inpaint_offset
+    rng = np.random.default_rng(6)
+    n, npix, sigma = 300, 200, 0.05
+    truth = np.ones((n, npix))
+    truth[:, 60:140] += 0.5                                      # a broad feature the prediction (1.0) lacks
+    x = truth + sigma * rng.standard_normal((n, npix))
+    ivar = np.full((n, npix), sigma ** -2)
+    hidden = [30, 100, 170]                                      # masked: one under the feature, two outside it
+    ivar[:, hidden] = 0
+    excess = np.zeros((n, npix))
+    excess[:, 55:145] = 0.5 ** 2                                 # what the local tests put under the feature
+    mu = torch.ones(n, npix, dtype=torch.float64)
+    shift, explained = (t.numpy() for t in inpaint_offset(*(torch.from_numpy(a) for a in (x, ivar)), mu,
+                                                             torch.from_numpy(excess)))
+    # under the feature the masked pixels move to the data, to about the neighbours' mean's precision
+    err = 1 + shift[:, 100] - truth[:, 100]
+    assert abs(np.mean(err)) < 0.01 and np.std(err) < 1.2 * sigma / np.sqrt(2)      # two neighbours' mean
+    assert np.all(explained[:, 100] > 0.9 * excess[:, 100]) and np.all(explained[:, 100] < excess[:, 100])
+    # where the neighbours follow the model (excess 0), and at every valid pixel, nothing moves
+    for j in (30, 170):
+        assert np.all(shift[:, j] == 0) and np.all(explained[:, j] == 0)
+    valid = ivar > 0
+    assert np.all(shift[valid] == 0) and np.all(explained[valid] == 0)
+    # a masked pixel with no valid neighbour has nothing to move toward
+    lone = np.zeros((1, 9))
+    s, e = inpaint_offset(torch.ones(1, 9), torch.from_numpy(lone), torch.zeros(1, 9), torch.ones(1, 9))
+    assert torch.all(s == 0) and torch.all(e == 0)
