@@ -1,4 +1,5 @@
-"""Denoising with uncertainty, and encoding to latent posteriors, for trained models.
+"""Denoising with uncertainty, encoding to latent posteriors, and the held-out pixel check of sigma on
+spectra without truth, for trained models.
 
 Spectra go in, results in the spectra's own units come out; in between everything is model-space
 tensors (specae.data.tensors) and the one latent posterior API (specae.uncertainty).
@@ -332,8 +333,8 @@ def denoise(model, spectra: Spectra, n_samples: int = 16, batch_size: int | None
 
 @dataclass
 class HeldOut:
-    """Each valid pixel predicted from the other pixels of its spectrum (`heldout`), on the model's grid:
-    a check of the denoised sigma that needs no truth. Unscored pixels (masked, or unseen by the model)
+    """Each valid pixel predicted from the other pixels of its spectrum (`heldout`), on the grid the model
+    works on: a check of the denoised sigma that needs no truth. Unscored pixels (masked, or unseen by the model)
     are NaN."""
     flux: np.ndarray    # (N, npix) the prediction of each pixel with the pixel hidden
     sigma: np.ndarray   # (N, npix) its denoised sigma
