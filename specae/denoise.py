@@ -237,8 +237,8 @@ def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, g
     the *other* pixels (the Laplace posterior with the pixel left out, a rank-one downdate) is averaged
     with the measurement by their precisions, so no pixel is counted twice. Those predictions also set
     each spectrum's own model-variance scale, each stretch's around it (`spectrum_scale`) and the local
-    misfit (`misfit_variance`); a masked pixel whose neighbours show the model off moves toward them
-    (`inpaint_offset`).
+    misfit (`misfit_variance`); where these call for more model variance than the population's, a masked
+    pixel moves toward its neighbours (`inpaint_offset`).
     Where the model is sure (a stellar continuum) this is the model's value; where the data are (a strong
     emission line the latents cannot follow) it is the data's. None (default): on for the laplace and
     decoder posteriors, which allow it; False: the model's prediction alone.
