@@ -36,7 +36,7 @@ from specae.data.readers import read_many
 from specae.data.resample import loglam_grid
 from specae.data.spectra import Spectra
 from specae.data.synthetic import add_noise, galaxy_spectra, galaxy_wave
-from specae.denoise import heldout
+from specae.denoise import denoise, encode, heldout
 from specae.metrics import coverage, rmse
 from specae.regress import r2, ridge_fit
 
@@ -184,10 +184,11 @@ def _train_chunk(emu: PayneEmulator | None, wave: np.ndarray | None, a: int, n: 
 
 
 def shared_data_dir() -> Path | None:
-    """$SPECAE_SHARED_DATA if set, else ../shared/data beside the repository, if that folder exists."""
+    """$SPECAE_SHARED_DATA if set, else the folder holding the Payne emulator's (`default_payne_dir`), if any."""
     env = os.environ.get("SPECAE_SHARED_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    return path if path.is_dir() else None
+    payne = default_payne_dir()
+    path = Path(env) if env else (payne.parent if payne else None)
+    return path if path is not None and path.is_dir() else None
 
 
 def real_spectra(name: str, wave: np.ndarray) -> Spectra | None:
@@ -244,7 +245,6 @@ def run_specae(ds: Dataset, method: str, args, overrides: dict | None = None) ->
     with the data."""
     from dataclasses import fields
 
-    from specae.denoise import denoise, encode
     from specae.models.config import ModelConfig
     from specae.train import TrainConfig, fit
 
@@ -288,8 +288,6 @@ def best_latent_rmse(model, ds: Dataset, snr: float = 1e4) -> float:
     1/sigma_model^2, so where the decoder's scatter is nearly flat (the emulator's stars) this is the floor of
     what the decoder can represent, against which the denoised RMSE measures the cost of inferring the
     latents from noisy data; where the scatter singles out lines (galaxies) it is no RMSE floor."""
-    from specae.denoise import denoise
-
     ev = np.broadcast_to(ds.evaluable, ds.truth.shape)
     level = np.median(np.abs(ds.truth), axis=1, keepdims=True)
     ivar = np.where(ev, (snr / np.where(level > 0, level, 1.0)) ** 2, 0.0).astype(np.float32)

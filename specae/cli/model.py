@@ -111,12 +111,12 @@ def _heldout(args) -> None:
     def fn(part):
         h = heldout(model, part, passes=args.passes, seed=args.seed, batch_size=args.batch_size,
                     posterior=args.posterior, precision=args.precision)
-        n = h.n
+        n, in1, in2, chi2 = h.n, h.within(1), h.within(2), h.chi2_dof()
         pooled["n"] += int(n.sum())
-        for key, per in (("in1", h.within(1)), ("in2", h.within(2)), ("chi2", h.chi2_dof())):
+        for key, per in (("in1", in1), ("in2", in2), ("chi2", chi2)):
             pooled[key] += float(np.nansum(per * n))
-        return {"heldout_z": h.z.astype(np.float32), "heldout_chi2_dof": h.chi2_dof(),
-                "heldout_within_1sigma": h.within(1), "heldout_within_2sigma": h.within(2), "n_heldout": n}
+        return {"heldout_z": h.z.astype(np.float32), "heldout_chi2_dof": chi2,
+                "heldout_within_1sigma": in1, "heldout_within_2sigma": in2, "n_heldout": n}
 
     run_files(args, fn, wave=model.wave, verb="checked",
               attrs={"source": f"specae heldout ({args.posterior} posterior, {args.passes} passes)"})
