@@ -7,7 +7,6 @@ tensors (specae.data.tensors) and the one latent posterior API (specae.uncertain
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -109,90 +108,49 @@ def misfit_variance(x, ivar, mu, var, half_width: int = MISFIT_HALF_WIDTH, alpha
 
 # The spread of one spectrum's model error around the population's: log s^2 ~ N(0, SPECTRUM_SCALE_PRIOR^2), a
 # weakly informative prior (a factor e in variance at 1 sigma) that lets a spectrum's own residuals move its
-# model variance only as far as they can tell. A spectrum's misfit is seldom uniform: a galaxy whose lines the
-# latents make too weak misses where the population varies most (where the decoder's variance is large), not in
-# its continuum, so log s^2 also has a slope in the log decoder variance, with prior N(0, SPECTRUM_SLOPE_PRIOR^2);
-# and its residuals are read with the calibration's outlier mixture, so a few pixels far off widen those pixels
-# (the local scale, the misfit) and not the whole spectrum. On the seed-0 galaxy model the two together took
-# +-1 sigma from 76.8 to 72.5 % on all pixels, 72.6 to 67.2 % on masked and 64.7 to 63.3 % on line pixels (the
-# slope alone: 74.7 / 69.6 / 64.2 %; the mixture alone: 74.1 / 69.1 / 63.3 %); stars unchanged.
-# Within a spectrum, the stretch of LOCAL_HALF_WIDTH pixels on either side of a pixel may need more (a line
-# stronger than the latents make) or less: a local factor with the same prior around the spectrum's (one galaxy
-# model: RMSE 0.0997 -> 0.0988, line pixels 0.580 -> 0.553, their ±1σ coverage 61.4 -> 62.4 %; 4 pixels as
-# good as 8 or 16 at a quarter of the cost)
+# model variance only as far as they can tell. Within a spectrum, the stretch of LOCAL_HALF_WIDTH pixels on
+# either side of a pixel may need more (a line stronger than the latents make) or less: a local factor with
+# the same prior around the spectrum's (one galaxy model: RMSE 0.0997 -> 0.0988, line pixels 0.580 -> 0.553,
+# their ±1σ coverage 61.4 -> 62.4 %; 4 pixels as good as 8 or 16 at a quarter of the cost)
 SPECTRUM_SCALE_PRIOR = 1.0
-SPECTRUM_SLOPE_PRIOR = 0.5
 LOCAL_HALF_WIDTH = 4
 
 
-def _residual_parts(x, ivar, mu, var_other, var_model):
-    """Squared residuals, the variance besides the model's (noise + var_other) and the model variance, with
-    masked pixels carrying no information (r^2 0, model variance 0)."""
-    valid = ivar > 0
-    r2 = torch.where(valid, (x - mu) ** 2, torch.zeros_like(mu))
-    base = torch.where(valid, 1 / ivar.clamp_min(1e-30), torch.ones_like(ivar)) + var_other
-    return r2, base, torch.where(valid, var_model, torch.zeros_like(var_model))
-
-
-def _scale_score(r2, base, vm, s, outliers=(0.0, 1.0)):
-    """Per pixel, the derivative of -log p(r) with respect to log s^2 and its Fisher information, for
-    r ~ (1 - eps) N(0, base + s vm) + eps N(0, base + c^2 s vm), outliers = (eps, c^2); eps 0: Gaussian."""
-    eps, c2 = outliers
-    v = base + s * vm
-    w = s * vm / v                                                                      # d log v / d log s^2
-    grad, info = 0.5 * w * (1 - r2 / v), 0.5 * w * w
-    if eps <= 0:
-        return grad, info
-    v_wide = base + c2 * s * vm
-    w_wide = c2 * s * vm / v_wide
-    wide = torch.sigmoid(math.log(eps / (1 - eps)) - 0.5 * (r2 / v_wide + v_wide.log()) + 0.5 * (r2 / v + v.log()))
-    return ((1 - wide) * grad + wide * 0.5 * w_wide * (1 - r2 / v_wide),
-            (1 - wide) * info + wide * 0.5 * w_wide * w_wide)
-
-
-def spectrum_scale(x, ivar, mu, var_other, var_model, outliers=(0.0, 1.0), prior: float = SPECTRUM_SCALE_PRIOR,
-                   slope_prior: float = SPECTRUM_SLOPE_PRIOR, steps: int = 10):
-    """Factor s^2 (B, npix) on the model variance from each spectrum's own residuals.
+def spectrum_scale(x, ivar, mu, var_other, var_model, prior: float = SPECTRUM_SCALE_PRIOR, steps: int = 10,
+                   half_width: int | None = None):
+    """Factor s^2 on the model variance from the spectrum's own residuals: (B, 1) for each whole spectrum,
+    or (B, npix) for each pixel from its neighbours within `half_width` pixels (the pixel itself left out,
+    so its measurement is not counted twice).
 
     The model variance is calibrated on a population, whose fits are good for most spectra and poor for a
     few (heavier tails from spectrum to spectrum than one scale describes). With each pixel's prediction mu
-    from the *other* pixels, x - mu ~ N(0, 1/ivar + var_other + s^2 var_model) over the valid pixels (or the
-    mixture with the calibration's `outliers` = (eps, c^2)), log s^2 = t0 + t1 u with u the log model
-    variance relative to the spectrum's median; (t0, t1) is the posterior mode under the priors
-    N(0, prior^2) and N(0, slope_prior^2) (Fisher scoring). Where the residuals cannot tell (low S/N, or a
-    model variance far below the noise), s^2 stays near 1; where they can, it moves to what they say.
+    from the *other* pixels, x - mu ~ N(0, 1/ivar + var_other + s^2 var_model) over the valid pixels; s^2
+    is the posterior mode under the prior log s^2 ~ N(0, prior^2) (Fisher scoring on log s^2). Where the
+    residuals cannot tell (low S/N, or a model variance far below the noise), s^2 stays near 1; where they
+    can, it moves to what they say.
     """
-    r2, base, vm = (t.double() for t in _residual_parts(x, ivar, mu, var_other, var_model))
-    log_vm = torch.where(vm > 0, vm.clamp_min(1e-300).log(), torch.full_like(vm, float("nan")))
-    u = torch.nan_to_num(log_vm - log_vm.nanmedian(1, keepdim=True).values)              # (B, npix)
-    g = torch.stack([torch.ones_like(u), u], -1)                                          # (B, npix, 2)
-    precision = torch.tensor([prior ** -2, slope_prior ** -2], dtype=torch.float64, device=mu.device)
-    t = torch.zeros(x.shape[0], 2, dtype=torch.float64, device=mu.device)                # (B, 2): t0, t1
-    for _ in range(steps):
-        grad, info = _scale_score(r2, base, vm, (t[:, :1] + t[:, 1:] * u).clamp(-10, 10).exp(), outliers)
-        grad = t * precision + torch.einsum("bn,bnj->bj", grad, g)
-        info = torch.diag(precision) + torch.einsum("bn,bnj,bnk->bjk", info, g, g)
-        t = t - torch.linalg.solve(info, grad[..., None])[..., 0]
-    return (t[:, :1] + t[:, 1:] * u).clamp(-10, 10).exp().to(mu.dtype)
-
-
-def local_scale(x, ivar, mu, var_other, var_model, half_width: int = LOCAL_HALF_WIDTH,
-                prior: float = SPECTRUM_SCALE_PRIOR, steps: int = 10):
-    """Factor s^2 (B, npix) on the model variance for each pixel from its neighbours' residuals within
-    `half_width` pixels (the pixel itself left out, so its measurement is not counted twice): one Gaussian
-    scale per pixel as in `spectrum_scale`, prior N(0, prior^2) on its log."""
-    n, h = x.shape[1], half_width
-    # every pixel's neighbour at offset o, as views into padded copies (padding: no information, vm = 0)
-    pad = [F.pad(a, (h, h), value=fill) for a, fill in zip(_residual_parts(x, ivar, mu, var_other, var_model),
-                                                             (0.0, 1.0, 0.0))]
-    parts = [tuple(a[:, h + o:h + o + n] for a in pad) for o in range(-h, h + 1) if o]
-    t = torch.zeros_like(mu)                                                              # log s^2
+    valid = ivar > 0
+    r2 = torch.where(valid, (x - mu) ** 2, torch.zeros_like(mu))
+    base = torch.where(valid, 1 / ivar.clamp_min(1e-30), torch.ones_like(ivar)) + var_other
+    vm = torch.where(valid, var_model, torch.zeros_like(var_model))
+    if half_width is None:
+        parts, total = [(r2, base, vm)], (lambda a: a.sum(1, keepdim=True))
+        t = torch.zeros(x.shape[0], 1, dtype=mu.dtype, device=mu.device)                   # log s^2
+    else:
+        # every pixel's neighbour at offset o, as views into padded copies (padding: no information, vm = 0)
+        n, h = x.shape[1], half_width
+        pad = [F.pad(a, (h, h), value=fill) for a, fill in ((r2, 0.0), (base, 1.0), (vm, 0.0))]
+        parts = [tuple(a[:, h + o:h + o + n] for a in pad) for o in range(-h, h + 1) if o]
+        total = (lambda a: a)
+        t = torch.zeros_like(mu)
     for _ in range(steps):
         s = t.exp()
         grad, info = t / prior ** 2, torch.full_like(t, 1 / prior ** 2)
-        for part in parts:
-            g, i = _scale_score(*part, s)
-            grad, info = grad + g, info + i
+        for r2_o, base_o, vm_o in parts:
+            v = base_o + s * vm_o
+            w = s * vm_o / v                                                           # d log v / d log s^2
+            grad = grad + total(0.5 * w * (1 - r2_o / v))
+            info = info + total(0.5 * w * w)
         t = (t - grad / info).clamp(-10, 10)
     return t.exp()
 
@@ -278,8 +236,8 @@ def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, g
     `combine` updates each pixel with its own measurement: the model's prediction of that pixel from all
     the *other* pixels (the Laplace posterior with the pixel left out, a rank-one downdate) is averaged
     with the measurement by their precisions, so no pixel is counted twice. Those predictions also set
-    each spectrum's own model-variance scale (`spectrum_scale`), each stretch's around it (`local_scale`)
-    and the local misfit (`misfit_variance`); where these call for more model variance than the population's, a masked
+    each spectrum's own model-variance scale, each stretch's around it (`spectrum_scale`) and the local
+    misfit (`misfit_variance`); where these call for more model variance than the population's, a masked
     pixel moves toward its neighbours (`inpaint_offset`).
     Where the model is sure (a stellar continuum) this is the model's value; where the data are (a strong
     emission line the latents cannot follow) it is the data's. None (default): on for the laplace and
@@ -319,10 +277,8 @@ def predict_batch(model, b: Batch, kind: str = "laplace", n_samples: int = 16, g
         mu = mu - torch.where(b.ivar > 0, w * (b.x - mu) * var_lat / keep, torch.zeros_like(mu))
         var_lat = var_lat / keep
         population = calibrated * var_mod
-        scale = model.sigma_scale.tolist()
-        outliers = (scale[SCALE_INDEX["outlier_fraction"]], scale[SCALE_INDEX["outlier_scale"]])
-        var_mod = population * spectrum_scale(b.x, b.ivar, mu, a ** 2 * var_lat, population, outliers)
-        var_mod = var_mod * local_scale(b.x, b.ivar, mu, a ** 2 * var_lat, var_mod)
+        var_mod = population * spectrum_scale(b.x, b.ivar, mu, a ** 2 * var_lat, population)
+        var_mod = var_mod * spectrum_scale(b.x, b.ivar, mu, a ** 2 * var_lat, var_mod, half_width=LOCAL_HALF_WIDTH)
         var_mod = var_mod + misfit_variance(b.x, b.ivar, mu, a ** 2 * var_lat + var_mod)
         shift, explained = inpaint_offset(b.x, b.ivar, mu, (var_mod - population).clamp_min(0))
         mu, var_mod = mu + shift, var_mod - explained

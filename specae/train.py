@@ -204,9 +204,9 @@ CALIB_PIXELS = 5_000_000
 
 def calibrate(model: SpectrumVAE, val: Batch, seed: int = 0) -> list[float]:
     """Fit the model's sigma calibration on validation spectra in model space (specae.uncertainty); returns
-    [a_laplace, a_encoder, b, gamma, eps, c2]. The latent factors are fitted per posterior kind by
-    re-denoising the denoised validation spectra after adding fresh noise from their own ivar and masks;
-    the decoder part on held-out pixels, given the latent part."""
+    [a_laplace, a_encoder, b, gamma]. The latent factors are fitted per posterior kind by re-denoising the
+    denoised validation spectra after adding fresh noise from their own ivar and masks; the decoder part
+    on held-out pixels, given the latent part."""
     model.sigma_scale.copy_(torch.tensor(SIGMA_SCALE_DEFAULT))
     rng = np.random.default_rng(seed)
     x, ivar = val.x.double().numpy(), val.ivar.double().numpy()
@@ -234,9 +234,9 @@ def calibrate(model: SpectrumVAE, val: Batch, seed: int = 0) -> list[float]:
         held.append((x[hold], ivar[hold], dh["flux"][hold], dh["var_model"][hold],
                      a[0] ** 2 * dh["var_latent"][hold], cover[hold]))
     xs, iv, mean, var_model, var_other, f = (np.concatenate(c) for c in zip(*held))
-    decoder = model_scale(xs, iv, mean, var_model, var_other, coverage=f)
-    model.sigma_scale.copy_(torch.tensor([a[0], a[1], *decoder]))
-    return [a[0], a[1], *decoder]
+    b, gamma = model_scale(xs, iv, mean, var_model, var_other, coverage=f)
+    model.sigma_scale.copy_(torch.tensor([a[0], a[1], b, gamma]))
+    return [a[0], a[1], b, gamma]
 
 
 # -- data ------------------------------------------------------------------------------------------------

@@ -21,11 +21,10 @@ the decoder, and var_model = sigma_model^2, the decoder's own scatter.
   pixels at a time is hidden, predicted from the rest, and compared with its measurement, whose variance
   is 1/ivar + a^2 var_latent + b^2 f^-gamma var_model for the pixels the model follows, with f the
   fraction of the training set that covered the pixel; a wider component takes the outliers
-  (`model_scale`: a fraction eps of pixels, c^2 times wider), and pixels whose neighbours reject the model
-  (a line stronger than the latents can make) are left out, both being the misfit variance's to cover in
-  the combination. The held-out noise is independent of the prediction, so what the model misses of real
-  spectra (and the bootstrap cannot see) ends up in b and gamma. eps and c^2 are kept too: each spectrum's
-  own scale is fitted with the same mixture (specae.denoise.spectrum_scale).
+  (`model_scale`), and pixels whose neighbours reject the model (a line stronger than the latents can
+  make) are left out, both being the misfit variance's to cover in the combination. The held-out noise
+  is independent of the prediction, so what the model misses of real spectra (and the bootstrap cannot
+  see) ends up in b and gamma.
 """
 
 from __future__ import annotations
@@ -41,8 +40,7 @@ from specae.errors import SpecaeError
 
 FACTOR_RANGE = (0.25, 4.0)   # beyond this the validation data cannot be trusted to rescale sigma
 KINDS = ("laplace", "decoder", "encoder")
-SCALE_INDEX = {"laplace": 0, "decoder": 0, "encoder": 1, "model": 2, "coverage": 3,   # entries of model.sigma_scale
-               "outlier_fraction": 4, "outlier_scale": 5}
+SCALE_INDEX = {"laplace": 0, "decoder": 0, "encoder": 1, "model": 2, "coverage": 3}   # entries of model.sigma_scale
 
 
 # Prior std of each spectrum's log amplitude: the normalisation (a median of noisy flux) is uncertain by
@@ -194,7 +192,7 @@ def student_factor(n_draws: int) -> float:
 # (a line's wings, a feature the latents cannot make) miss by much more. One Gaussian fitted to both is
 # too wide for the first: on the synthetic galaxies +-1 sigma then held 82 % of true values. b describes
 # the pixels the model follows; the outliers, like the pixels the local misfit test rejects, are left to
-# the misfit variance and the local scale of the combination (specae.denoise).
+# the misfit variance of the combination (specae.denoise).
 OUTLIER_SCALE = (1.0, 1e4)     # range of the outliers' variance factor c^2 over the core's
 OUTLIER_FRACTION = (1e-4, 0.5)
 # Where few training spectra cover a wavelength (the rest-frame ends of a redshift survey), the decoder's mean
@@ -205,18 +203,17 @@ COVERAGE_POWER = (0.0, 2.0)
 
 
 def model_scale(x: np.ndarray, ivar: np.ndarray, mean: np.ndarray, var_model: np.ndarray,
-                var_other: np.ndarray | float = 0.0, coverage: np.ndarray | None = None
-                ) -> tuple[float, float, float, float]:
+                var_other: np.ndarray | float = 0.0, coverage: np.ndarray | None = None) -> tuple[float, float]:
     """Factor b of the decoder scatter on the pixels the model follows and the power gamma of its growth
     where the training coverage f (0 < f <= 1) is thin, by maximum likelihood of the residuals
     x - mean ~ (1 - eps) N(0, v + b^2 f^-gamma var_model) + eps N(0, v + c^2 b^2 f^-gamma var_model), with
     v = 1/ivar + var_other and a fraction eps of outliers c^2 times wider; arrays (N, npix) or flat arrays
     of selected pixels. Without `coverage`, gamma = 0; without outliers b is the Gaussian maximum-likelihood b.
-    Returns (b, gamma, eps, c^2).
+    Returns (b, gamma).
     """
     valid = (ivar > 0) & np.isfinite(var_model)
     if not valid.any():
-        return 1.0, 0.0, 0.0, 1.0
+        return 1.0, 0.0
     other = np.broadcast_to(var_other, np.shape(x))[valid]
     r2, vm = (x - mean)[valid].astype(np.float64) ** 2, var_model[valid].astype(np.float64)
     vn = 1 / ivar[valid].astype(np.float64) + other
@@ -234,7 +231,7 @@ def model_scale(x: np.ndarray, ivar: np.ndarray, mean: np.ndarray, var_model: np
     fit = minimize(nll, [gauss, 0.0, np.log(10.0), 0.05], method="L-BFGS-B",
                    bounds=[(lo, hi), COVERAGE_POWER if coverage is not None else (0.0, 0.0),
                            tuple(np.log(OUTLIER_SCALE)), OUTLIER_FRACTION])
-    return float(np.exp(0.5 * fit.x[0])), float(fit.x[1]), float(fit.x[3]), float(np.exp(fit.x[2]))
+    return float(np.exp(0.5 * fit.x[0])), float(fit.x[1])
 
 
 def latent_scale(err: np.ndarray, var_latent: np.ndarray) -> float:

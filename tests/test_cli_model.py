@@ -350,9 +350,8 @@ def test_denoise_combines_with_the_data_unless_told_not_to(files, vae_model, tmp
     a, b, c = tmp_path / "combined.h5", tmp_path / "alone.h5", tmp_path / "unscaled.h5"
     assert run(capsys, "denoise", vae_model, files["stars"], "-o", a)[0] == 0
     assert run(capsys, "denoise", vae_model, files["stars"], "-o", b, "--no-combine")[0] == 0
-    with monkeypatch.context() as m:   # each spectrum's own model-variance scales held at 1, masked pixels not moved
+    with monkeypatch.context() as m:   # each spectrum's own model-variance scale held at 1, masked pixels not moved
         m.setattr(specae.denoise, "spectrum_scale", lambda *args, **kw: 1.0)
-        m.setattr(specae.denoise, "local_scale", lambda *args, **kw: 1.0)
         m.setattr(specae.denoise, "inpaint_offset", lambda x, *args, **kw: (torch.zeros_like(x), torch.zeros_like(x)))
         assert run(capsys, "denoise", vae_model, files["stars"], "-o", c)[0] == 0
     ca, cb = read_h5(a), read_h5(b)

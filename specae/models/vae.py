@@ -14,9 +14,7 @@ from specae.models.decoder import Decoder
 from specae.models.encoder import Encoder
 
 LOG_2PI = math.log(2 * math.pi)
-# model.sigma_scale before calibration: a_laplace, a_encoder, b, gamma, and the model error's outlier fraction
-# eps and variance ratio c^2 (eps 0: Gaussian)
-SIGMA_SCALE_DEFAULT = (1.0, 1.0, 1.0, 0.0, 0.0, 1.0)
+SIGMA_SCALE_DEFAULT = (1.0, 1.0, 1.0, 0.0)   # model.sigma_scale before calibration: a_laplace, a_encoder, b, gamma
 
 
 class SpectrumVAE(nn.Module):
@@ -48,14 +46,12 @@ class SpectrumVAE(nn.Module):
         # pixel: 0 where no training spectrum had any (the model knows nothing there)
         self.register_buffer("seen", torch.ones(n_dec))
         # sigma calibration, fitted on validation data after training (specae.uncertainty): factors on the
-        # latent part for the Laplace and the encoder posterior and on the decoder part (b), the power gamma
-        # by which the decoder part grows where the training coverage f is thin (b^2 f^-gamma), and the
-        # fraction and width of the decoder's outliers (eps, c^2)
+        # latent part for the Laplace and the encoder posterior and on the decoder part (b), and the power
+        # gamma by which the decoder part grows where the training coverage f is thin (b^2 f^-gamma)
         self.register_buffer("sigma_scale", torch.tensor(SIGMA_SCALE_DEFAULT))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints and training states written before gamma hold three sigma entries (no growth: gamma 0),
-        # before the outlier mixture four (Gaussian: eps 0)
+        # checkpoints and training states written before gamma hold three sigma entries: no growth (gamma 0)
         key = prefix + "sigma_scale"
         old = state_dict.get(key)
         if old is not None and old.numel() < len(SIGMA_SCALE_DEFAULT):
