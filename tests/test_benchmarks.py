@@ -48,6 +48,7 @@ def test_quality_suite_on_the_emulator(tmp_path, one_thread):
         assert m[name]["rmse_all"] < m["noisy"]["rmse_all"], name
         assert 0 < m[name]["coverage_1sigma_all"] < m[name]["coverage_2sigma_all"] <= 1
         assert m[name]["rmse_masked"] is not None and m[name]["chi2_dof"] > 0
+        assert m[name]["error_over_sigma_all"] > 0 and m[name]["error_over_sigma_masked"] > 0
     assert m["oracle"]["rmse_all"] < 0.2 * m["noisy"]["rmse_all"] and m["oracle"]["r2"]["TEFF"] > 0.3
     assert m["pca"]["r2"]["mean"] is not None and m["sg"]["r2"]["mean"] is None
     assert len(data["table"]) == 5 and "| vae-mlp |" in md and "RMSE/oracle" in md
@@ -69,6 +70,7 @@ def test_quality_suite_on_galaxies_names_a_missing_peer(tmp_path, monkeypatch):
     data, md = _check_stamp(written, "galaxy-smoke", argv)
     m = data["figures"]["methods"]
     assert m["sg"]["rmse_lines"] is not None and m["noisy"]["coverage_1sigma_all"] is None
+    assert m["sg"]["error_over_sigma_lines"] > 0 and m["noisy"]["error_over_sigma_all"] is None and "err/σ lines" in md
     assert "spender" in data["figures"]["unavailable"]
     assert "spender: not installed (ModuleNotFoundError: No module named 'spender')" in md
     assert "R² HA_EW" in md and "RMSE lines" in md and "RMSE/oracle" not in md

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from specae.metrics import coverage, rmse
+from specae.metrics import coverage, error_over_sigma, rmse
 from specae.uncertainty import FACTOR_RANGE, latent_scale, model_scale
 
 
@@ -58,6 +58,22 @@ def test_metrics():
     where = np.array([[True, False, False], [False, False, False]])
     assert rmse(a, b + np.arange(3), where) == 2.0
     assert coverage(a, np.full((2, 3), 2.5), b) == 1.0 and coverage(a, np.ones((2, 3)), b, k=1.5) == 0.0
+    # error / sigma: 1 for Gaussian errors of the stated sigma, 1/2 for a sigma twice too wide; pixels without
+    # a finite sigma (never seen by the model) are left out
+    rng = np.random.default_rng(8)
+    sigma = rng.uniform(0.1, 2.0, 200_000)
+    err = sigma * rng.standard_normal(sigma.size)
+    assert error_over_sigma(err, sigma, np.zeros_like(err)) == pytest.approx(1.0, rel=0.01)
+    assert error_over_sigma(err, 2 * sigma, np.zeros_like(err)) == pytest.approx(0.5, rel=0.01)
+    sigma[:1000] = np.inf
+    everywhere = np.ones(sigma.size, bool)
+    assert error_over_sigma(err, sigma, np.zeros_like(err), everywhere) == error_over_sigma(err[1000:], sigma[1000:],
+                                                                                          np.zeros(sigma.size - 1000))
+    # heavy tails: +-1 sigma reads 68 % while the variance is 1.6x what sigma says
+    t = rng.standard_t(3, 200_000)
+    s68 = np.quantile(np.abs(t), 0.6827)
+    assert coverage(t, np.full(t.size, s68), np.zeros_like(t)) == pytest.approx(0.6827, abs=0.002)
+    assert error_over_sigma(t, np.full(t.size, s68), np.zeros_like(t)) > 1.3
 
 
 def tiny_model(n=60, snr=10):
