@@ -22,5 +22,7 @@ def error_over_sigma(pred: np.ndarray, sigma: np.ndarray, truth: np.ndarray, whe
     """RMS of (prediction - truth) / sigma over the selected pixels with a finite sigma: 1 when sigma is right
     in variance, below 1 when it is too wide. With heavy-tailed errors +-1 sigma can hold 68 % while this is
     far from 1, so a calibration is judged on both."""
-    ok = np.isfinite(sigma) & (sigma > 0) if where is None else where & np.isfinite(sigma) & (sigma > 0)
+    ok = np.isfinite(sigma) & (sigma > 0)
+    if where is not None:
+        ok &= where
     return float(np.sqrt(np.mean(((pred - truth)[ok] / sigma[ok]) ** 2)))

@@ -64,9 +64,9 @@ _H5_ERRORS = (OSError, KeyError, ValueError, RuntimeError)
 def atomic_path(path) -> Iterator[Path]:
     """Yield a temporary name beside `path`; rename it onto `path` only if the block succeeds.
 
-    The temporary name carries the writer's process id (`.NAME.PID.XXXX.tmp`), so temporaries left by a
-    killed writer are recognised and removed by the next write of the same output. A full disk, a
-    read-only or unwritable directory becomes a one-line SpecaeError naming `path`.
+    The temporary name carries the writer's process id (`.NAME.PID.<random>.tmp`, from mkstemp), so
+    temporaries left by a killed writer are recognised and removed by the next write of the same output. A
+    full disk, a read-only or unwritable directory becomes a one-line SpecaeError naming `path`.
     """
     path = Path(path)
     if not path.parent.is_dir():
