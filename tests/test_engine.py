@@ -278,6 +278,32 @@ def test_two_gloo_ranks_agree_and_match_one_process_with_the_same_global_batch(s
     np.testing.assert_allclose(h2["val_chi2_dof"], h1["val_chi2_dof"], rtol=1e-4)
 
 
+EXIT_SCRIPT = textwrap.dedent("""
+    import sys
+    import torch
+    from specae.engine.runtime import Runtime
+
+    rt = Runtime.create("cpu", distributed=True)
+    got = rt.broadcast(torch.full((4,), 7.0 + rt.rank))
+    open(f"{sys.argv[1]}/rank{rt.rank}.txt", "w").write(str(got.tolist()))
+    rt.broadcast(torch.ones(4))   # the process ends right after a collective
+""")
+
+
+def test_a_rank_that_exits_right_after_a_collective_exits_cleanly(tmp_path):
+    # gloo's worker thread used to free the last collective's tensors while the interpreter was exiting,
+    # aborting about a third of such runs (SIGABRT) after all their output was written
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_SCRIPT)
+    for attempt in range(6):
+        out = tmp_path / str(attempt)
+        out.mkdir()
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            str(script), str(out)], env=env(), capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"attempt {attempt}: " + r.stderr[-2000:]
+        assert [(out / f"rank{k}.txt").read_text() for k in range(2)] == ["[7.0, 7.0, 7.0, 7.0]"] * 2
+
+
 def test_distributed_outside_torchrun_is_a_user_error(stars):
     with pytest.raises(SpecaeError, match="torchrun"):
         fit(stars, model_cfg=small_cfg(), cfg=TrainConfig(epochs=1, distributed=True, progress=False))

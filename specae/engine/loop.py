@@ -16,6 +16,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import pickle
@@ -235,6 +236,14 @@ def _schedule(kind: str, cfg: EngineConfig, total: int, warm: int, clock: dict):
     return factor
 
 
+# No buffer broadcast before each forward pass: the spectrum models' buffers never change in training,
+# and a GAN's batch-norm statistics are recomputed after it. torch >= 2.13 names the option
+# forward_sync_buffers (and deprecates broadcast_buffers).
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
+
+
 def train(objective: Objective, train_src, val_src, cfg: EngineConfig, out_dir=None, resume: bool = False,
           callbacks: tuple = (), runtime: Runtime | None = None, extra_history: dict | None = None) -> dict:
     """Train `objective` on batches of `train_src`, evaluating on `val_src` after every epoch.
@@ -250,7 +259,7 @@ def train(objective: Objective, train_src, val_src, cfg: EngineConfig, out_dir=N
         m.to(rt.device)
     # modules nothing trains (e.g. an EMA copy) stay unwrapped: DDP refuses a module without gradients
     wrapped = {k: (DistributedDataParallel(m, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
-                                           broadcast_buffers=False)
+                                           **_NO_BUFFER_SYNC)
                    if rt.distributed and any(p.requires_grad for p in m.parameters()) else m)
                for k, m in mods.items()}
     opts = objective.optimizers()

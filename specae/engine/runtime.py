@@ -8,6 +8,8 @@ float32); wavelength grids stay in float64 outside autocast.
 
 from __future__ import annotations
 
+import atexit
+import collections
 import contextlib
 import os
 from dataclasses import dataclass
@@ -39,6 +41,24 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise SpecaeError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)")
 
 
+# The handles of the last finished collectives. gloo's worker thread drops its own reference to a
+# collective after the caller has moved on; when that drop frees the tensors it must take the GIL, and
+# if the interpreter is exiting by then the thread dies inside a destructor and aborts the process
+# (SIGABRT after every file is written: torchrun reports a failed run). Holding the handle makes the
+# caller's thread free the tensors instead.
+_finished = collections.deque(maxlen=16)
+
+
+def _wait(work) -> None:
+    work.wait()
+    _finished.append(work)
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 @dataclass
 class Runtime:
     device: torch.device
@@ -62,6 +82,7 @@ class Runtime:
             torch.cuda.set_device(dev)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+            atexit.register(_leave_group)
         return cls(dev, precision, dist.get_rank(), dist.get_world_size())
 
     @property
@@ -81,15 +102,11 @@ class Runtime:
     # -- collectives (no-ops in a single process) ------------------------------------------------
     def all_reduce(self, t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
         if self.distributed:
-            dist.all_reduce(t, op=op)
+            _wait(dist.all_reduce(t, op=op, async_op=True))
         return t
 
     def broadcast(self, t: torch.Tensor) -> torch.Tensor:
         """Rank 0's value of `t` on every rank."""
         if self.distributed:
-            dist.broadcast(t, src=0)
+            _wait(dist.broadcast(t, src=0, async_op=True))
         return t
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
