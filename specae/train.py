@@ -19,14 +19,15 @@ from specae.data.resample import loglam_grid
 from specae.data.sources import H5Blocks, H5Source, TensorSource
 from specae.data.spectra import Spectra
 from specae.data.tensors import Batch, normalise, to_batch, window_mask
-from specae.denoise import misfit_variance, predict_batch, rows_per_batch
+from specae.denoise import (combination, combination_inputs, decoder_variance_scale, misfit_variance, predict_batch,
+                            rows_per_batch, sigma_points)
 from specae.engine import EngineConfig, Objective, Runtime, StepContext, adamw
 from specae.engine import train as run_engine
 from specae.errors import SpecaeError
 from specae.models.checkpoint import load_model, save_model
 from specae.models.config import ModelConfig
 from specae.models.vae import SIGMA_SCALE_DEFAULT, SpectrumVAE, chi2, gaussian_nll, kl_normal
-from specae.uncertainty import latent_scale, model_scale
+from specae.uncertainty import SCALE_INDEX, latent_scale, model_scale, posterior
 
 
 @dataclass
@@ -204,9 +205,10 @@ CALIB_PIXELS = 5_000_000
 
 def calibrate(model: SpectrumVAE, val: Batch, seed: int = 0) -> list[float]:
     """Fit the model's sigma calibration on validation spectra in model space (specae.uncertainty); returns
-    [a_laplace, a_encoder, b, gamma]. The latent factors are fitted per posterior kind by re-denoising the
-    denoised validation spectra after adding fresh noise from their own ivar and masks; the decoder part
-    on held-out pixels, given the latent part."""
+    [a_laplace, a_encoder, b, gamma, rho, length]. The latent factors are fitted per posterior kind by
+    re-denoising the denoised validation spectra after adding fresh noise from their own ivar and masks; the
+    decoder part on held-out pixels, given the latent part; then the smooth part of the model error on
+    held-out pixels, given both."""
     model.sigma_scale.copy_(torch.tensor(SIGMA_SCALE_DEFAULT))
     rng = np.random.default_rng(seed)
     x, ivar = val.x.double().numpy(), val.ivar.double().numpy()
@@ -235,8 +237,63 @@ def calibrate(model: SpectrumVAE, val: Batch, seed: int = 0) -> list[float]:
                      a[0] ** 2 * dh["var_latent"][hold], cover[hold]))
     xs, iv, mean, var_model, var_other, f = (np.concatenate(c) for c in zip(*held))
     b, gamma = model_scale(xs, iv, mean, var_model, var_other, coverage=f)
-    model.sigma_scale.copy_(torch.tensor([a[0], a[1], b, gamma]))
-    return [a[0], a[1], b, gamma]
+    model.sigma_scale.copy_(torch.tensor([a[0], a[1], b, gamma, 0.0, 1.0]))
+    rho, length = smooth_error_fit(model, val, part)
+    model.sigma_scale.copy_(torch.tensor([a[0], a[1], b, gamma, rho, length]))
+    return model.sigma_scale.tolist()
+
+
+@torch.no_grad()
+def _combination_parts(model: SpectrumVAE, data: Batch) -> dict[str, torch.Tensor]:
+    """`combination_inputs` of every spectrum of `data` under the Laplace posterior, on the CPU."""
+    dev = next(model.parameters()).device
+    a = model.sigma_scale.float()[SCALE_INDEX["laplace"]]
+    parts = []
+    for i in range(0, len(data), rows_per_batch(model)):
+        b = data[i:i + rows_per_batch(model)].to(dev)
+        post, _ = posterior(model, b.x, b.ivar, b.z, "laplace")
+        mu, var_lat, sig = sigma_points(model, post, b.z)
+        p = combination_inputs(b, mu.float(), var_lat.float(), sig.float() ** 2, decoder_variance_scale(model, b), a)
+        parts.append({k: v.cpu() for k, v in p.items()})
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+# Candidates for the smooth part of the model error (specae.denoise.SMOOTH_HALF_WIDTH): its fraction rho of the
+# model variance and its correlation length in pixels; rho = 0 (none) is always a candidate.
+SMOOTH_FRACTIONS = (0.25, 0.5, 0.75)
+SMOOTH_LENGTHS = (10, 30, 100, 300, 1000)
+SMOOTH_PASSES = 2
+
+
+def smooth_error_nll(x, ivar, hold, parts: dict, grid) -> np.ndarray:
+    """Minus the log-likelihood (one per candidate (rho, length) of `grid`) of the pixels `hold` (B, npix) bool,
+    measured as x with inverse variance ivar but hidden from `parts` (`combination_inputs` without them), under
+    the combination with the data: the prediction's variance plus the noise."""
+    seen = torch.where(hold, 0.0, ivar)
+    total_noise = 1 / ivar.double().clamp_min(1e-30)
+    out = []
+    for rho, length in grid:
+        smooth = rho * parts["smooth"]
+        mean, var = combination(x, seen, parts["mu"], smooth, parts["total"] - smooth, length, parts["excess"])
+        total = (var.double() + total_noise)[hold]
+        out.append(float((0.5 * ((x.double() - mean.double())[hold] ** 2 / total + total.log())).sum()))
+    return np.array(out)
+
+
+def smooth_error_fit(model: SpectrumVAE, val: Batch, part: np.ndarray) -> tuple[float, float]:
+    """(rho, length) of the smooth model error (specae.denoise.combination), by the likelihood of held-out
+    validation pixels (the first SMOOTH_PASSES parts of `part` (N, npix), one at a time) predicted from the
+    rest of their spectrum, over the candidate grid (rho = 0, none, included)."""
+    if model.cfg.kind != "vae":
+        return 0.0, 1.0
+    grid = [(0.0, 1.0)] + [(r, float(n)) for r in SMOOTH_FRACTIONS for n in SMOOTH_LENGTHS if n <= val.x.shape[1]]
+    nll = np.zeros(len(grid))
+    for k in range(SMOOTH_PASSES):
+        hold = (val.ivar > 0) & torch.from_numpy(part == k)
+        if bool(hold.any()):
+            parts = _combination_parts(model, Batch(val.x, torch.where(hold, 0.0, val.ivar), val.z))
+            nll += smooth_error_nll(val.x, val.ivar, hold, parts, grid)
+    return grid[int(np.argmin(nll))]
 
 
 # -- data ------------------------------------------------------------------------------------------------
