@@ -243,7 +243,8 @@ def combination(x, ivar, mu, var_smooth, var_white, length: float, excess=None):
     resid = torch.where(valid, x - mu, torch.zeros_like(x))
     smooth, smooth_var = torch.zeros_like(x), torch.zeros_like(x)
     if bool((amp > 0).any()):
-        g, g_var = ar1_smoother(resid, torch.where(valid, var_white + noise, torch.full_like(x, float("inf"))), amp, length)
+        no_data = torch.full_like(x, float("inf"))
+        g, g_var = ar1_smoother(resid, torch.where(valid, var_white + noise, no_data), amp, length)
         smooth, smooth_var = amp * g, amp ** 2 * g_var
     if excess is not None:
         shift, explained = inpaint_offset(x, ivar, mu + smooth, torch.minimum(excess.double(), var_white))

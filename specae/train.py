@@ -248,9 +248,9 @@ def _combination_parts(model: SpectrumVAE, data: Batch) -> dict[str, torch.Tenso
     """`combination_inputs` of every spectrum of `data` under the Laplace posterior, on the CPU."""
     dev = next(model.parameters()).device
     a = model.sigma_scale.float()[SCALE_INDEX["laplace"]]
-    parts = []
-    for i in range(0, len(data), rows_per_batch(model)):
-        b = data[i:i + rows_per_batch(model)].to(dev)
+    parts, rows = [], rows_per_batch(model)
+    for i in range(0, len(data), rows):
+        b = data[i:i + rows].to(dev)
         post, _ = posterior(model, b.x, b.ivar, b.z, "laplace")
         mu, var_lat, sig = sigma_points(model, post, b.z)
         p = combination_inputs(b, mu.float(), var_lat.float(), sig.float() ** 2, decoder_variance_scale(model, b), a)

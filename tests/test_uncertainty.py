@@ -364,8 +364,8 @@ def test_combination_without_a_smooth_part_is_the_precision_weighted_mean_and_ma
 @pytest.mark.parametrize("smooth", [True, False])
 def test_held_out_pixels_choose_the_smooth_model_error_only_where_there_is_one(smooth):
     # a model error below the noise per pixel: nine tenths of it smooth along wavelength (correlation length
-    # 50 pixels), or all white. Held-out pixels pick the smooth part exactly when it is there, and with it the combination
-    # recovers much of the error that each pixel's noise hides, with a calibrated sigma
+    # 50 pixels), or all white. Held-out pixels pick the smooth part exactly when it is there, and with it the
+    # combination recovers much of the error that each pixel's noise hides, with a calibrated sigma
     from specae.denoise import combination
     from specae.train import smooth_error_nll
     rng = np.random.default_rng(5)
