@@ -19,7 +19,7 @@ from specae.data.resample import loglam_grid
 from specae.data.sources import H5Blocks, H5Source, TensorSource
 from specae.data.spectra import Spectra
 from specae.data.tensors import Batch, normalise, to_batch, window_mask
-from specae.denoise import (combination, combination_inputs, decoder_variance_scale, misfit_variance, predict_batch,
+from specae.denoise import (combination, combination_inputs, coverage_growth, misfit_variance, predict_batch,
                             rows_per_batch, sigma_points)
 from specae.engine import EngineConfig, Objective, Runtime, StepContext, adamw
 from specae.engine import train as run_engine
@@ -224,8 +224,8 @@ def calibrate(model: SpectrumVAE, val: Batch, seed: int = 0) -> list[float]:
     part = rng.integers(0, CALIB_PASSES, size=x.shape)
     dev = next(model.parameters()).device
     cover = model.coverage(None if val.z is None else val.z.to(dev), len(val)).cpu().double().numpy()
-    held = []
-    for k in range(int(np.clip(CALIB_PIXELS // max(int(valid.sum()), 1), 1, CALIB_PASSES))):
+    held, passes = [], int(np.clip(CALIB_PIXELS // max(int(valid.sum()), 1), 1, CALIB_PASSES))
+    for k in range(passes):
         hold = valid & (part == k)
         seen = torch.where(torch.from_numpy(hold), 0.0, val.ivar)
         dh = _predict_all(model, Batch(val.x, seen, val.z), "laplace", seed)
@@ -238,7 +238,7 @@ def calibrate(model: SpectrumVAE, val: Batch, seed: int = 0) -> list[float]:
     xs, iv, mean, var_model, var_other, f = (np.concatenate(c) for c in zip(*held))
     b, gamma = model_scale(xs, iv, mean, var_model, var_other, coverage=f)
     model.sigma_scale.copy_(torch.tensor([a[0], a[1], b, gamma, 0.0, 1.0]))
-    rho, length = smooth_error_fit(model, val, part)
+    rho, length = smooth_error_fit(model, val, part, passes)
     model.sigma_scale.copy_(torch.tensor([a[0], a[1], b, gamma, rho, length]))
     return model.sigma_scale.tolist()
 
@@ -253,7 +253,8 @@ def _combination_parts(model: SpectrumVAE, data: Batch) -> dict[str, torch.Tenso
         b = data[i:i + rows].to(dev)
         post, _ = posterior(model, b.x, b.ivar, b.z, "laplace")
         mu, var_lat, sig = sigma_points(model, post, b.z)
-        p = combination_inputs(b, mu.float(), var_lat.float(), sig.float() ** 2, decoder_variance_scale(model, b), a)
+        p = combination_inputs(b, mu.float(), var_lat.float(), sig.float() ** 2, a,
+                               model.sigma_scale.float()[SCALE_INDEX["model"]] ** 2, coverage_growth(model, b))
         parts.append({k: v.cpu() for k, v in p.items()})
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
@@ -262,33 +263,37 @@ def _combination_parts(model: SpectrumVAE, data: Batch) -> dict[str, torch.Tenso
 # model variance and its correlation length in pixels; rho = 0 (none) is always a candidate.
 SMOOTH_FRACTIONS = (0.25, 0.5, 0.75)
 SMOOTH_LENGTHS = (10, 30, 100, 300, 1000)
-SMOOTH_PASSES = 2
 
 
 def smooth_error_nll(x, ivar, hold, parts: dict, grid) -> np.ndarray:
     """Minus the log-likelihood (one per candidate (rho, length) of `grid`) of the pixels `hold` (B, npix) bool,
     measured as x with inverse variance ivar but hidden from `parts` (`combination_inputs` without them), under
     the combination with the data: the prediction's variance plus the noise."""
-    seen = torch.where(hold, 0.0, ivar)
-    total_noise = 1 / ivar.double().clamp_min(1e-30)
-    out = []
-    for rho, length in grid:
-        smooth = rho * parts["smooth"]
-        mean, var = combination(x, seen, parts["mu"], smooth, parts["total"] - smooth, length, parts["excess"])
-        total = (var.double() + total_noise)[hold]
-        out.append(float((0.5 * ((x.double() - mean.double())[hold] ** 2 / total + total.log())).sum()))
-    return np.array(out)
+    out = np.zeros(len(grid))
+    for length in sorted({n for _, n in grid}):
+        # the candidates of one length in one pass of the smoother, stacked along the batch
+        which = [j for j, (_, n) in enumerate(grid) if n == length]
+        rep = len(which)
+        smooth = torch.cat([grid[j][0] * parts["smooth"] for j in which])
+        seen = torch.where(hold, 0.0, ivar).repeat(rep, 1)
+        mean, var = combination(x.repeat(rep, 1), seen, parts["mu"].repeat(rep, 1), smooth,
+                                parts["total"].repeat(rep, 1) - smooth, length, parts["excess"].repeat(rep, 1))
+        resid2 = (x.double().repeat(rep, 1) - mean.double()) ** 2
+        total = var.double() + 1 / ivar.double().clamp_min(1e-30).repeat(rep, 1)
+        nll = torch.where(hold.repeat(rep, 1), 0.5 * (resid2 / total + total.log()), 0.0)
+        out[which] = nll.view(rep, -1).sum(1).numpy()
+    return out
 
 
-def smooth_error_fit(model: SpectrumVAE, val: Batch, part: np.ndarray) -> tuple[float, float]:
+def smooth_error_fit(model: SpectrumVAE, val: Batch, part: np.ndarray, passes: int) -> tuple[float, float]:
     """(rho, length) of the smooth model error (specae.denoise.combination), by the likelihood of held-out
-    validation pixels (the first SMOOTH_PASSES parts of `part` (N, npix), one at a time) predicted from the
-    rest of their spectrum, over the candidate grid (rho = 0, none, included)."""
+    validation pixels (parts 0 to `passes` - 1 of `part` (N, npix), one at a time) predicted from the rest of
+    their spectrum, over the candidate grid (rho = 0, none, included)."""
     if model.cfg.kind != "vae":
         return 0.0, 1.0
     grid = [(0.0, 1.0)] + [(r, float(n)) for r in SMOOTH_FRACTIONS for n in SMOOTH_LENGTHS if n <= val.x.shape[1]]
     nll = np.zeros(len(grid))
-    for k in range(SMOOTH_PASSES):
+    for k in range(passes):
         hold = (val.ivar > 0) & torch.from_numpy(part == k)
         if bool(hold.any()):
             parts = _combination_parts(model, Batch(val.x, torch.where(hold, 0.0, val.ivar), val.z))
