@@ -19,15 +19,14 @@ from specae.data.resample import loglam_grid
 from specae.data.sources import H5Blocks, H5Source, TensorSource
 from specae.data.spectra import Spectra
 from specae.data.tensors import Batch, normalise, to_batch, window_mask
-from specae.denoise import (combination, combination_inputs, coverage_growth, misfit_variance, predict_batch,
-                            rows_per_batch, sigma_points)
+from specae.denoise import misfit_variance, predict_batch, rows_per_batch
 from specae.engine import EngineConfig, Objective, Runtime, StepContext, adamw
 from specae.engine import train as run_engine
 from specae.errors import SpecaeError
 from specae.models.checkpoint import load_model, save_model
 from specae.models.config import ModelConfig
 from specae.models.vae import SIGMA_SCALE_DEFAULT, SpectrumVAE, chi2, gaussian_nll, kl_normal
-from specae.uncertainty import SCALE_INDEX, latent_scale, model_scale, posterior
+from specae.uncertainty import latent_scale, model_scale
 
 
 @dataclass
@@ -205,10 +204,9 @@ CALIB_PIXELS = 5_000_000
 
 def calibrate(model: SpectrumVAE, val: Batch, seed: int = 0) -> list[float]:
     """Fit the model's sigma calibration on validation spectra in model space (specae.uncertainty); returns
-    [a_laplace, a_encoder, b, gamma, rho, length]. The latent factors are fitted per posterior kind by
-    re-denoising the denoised validation spectra after adding fresh noise from their own ivar and masks; the
-    decoder part on held-out pixels, given the latent part; then the smooth part of the model error on
-    held-out pixels, given both."""
+    [a_laplace, a_encoder, b, gamma]. The latent factors are fitted per posterior kind by re-denoising the
+    denoised validation spectra after adding fresh noise from their own ivar and masks; the decoder part
+    on held-out pixels, given the latent part."""
     model.sigma_scale.copy_(torch.tensor(SIGMA_SCALE_DEFAULT))
     rng = np.random.default_rng(seed)
     x, ivar = val.x.double().numpy(), val.ivar.double().numpy()
@@ -224,8 +222,8 @@ def calibrate(model: SpectrumVAE, val: Batch, seed: int = 0) -> list[float]:
     part = rng.integers(0, CALIB_PASSES, size=x.shape)
     dev = next(model.parameters()).device
     cover = model.coverage(None if val.z is None else val.z.to(dev), len(val)).cpu().double().numpy()
-    held, passes = [], int(np.clip(CALIB_PIXELS // max(int(valid.sum()), 1), 1, CALIB_PASSES))
-    for k in range(passes):
+    held = []
+    for k in range(int(np.clip(CALIB_PIXELS // max(int(valid.sum()), 1), 1, CALIB_PASSES))):
         hold = valid & (part == k)
         seen = torch.where(torch.from_numpy(hold), 0.0, val.ivar)
         dh = _predict_all(model, Batch(val.x, seen, val.z), "laplace", seed)
@@ -237,68 +235,8 @@ def calibrate(model: SpectrumVAE, val: Batch, seed: int = 0) -> list[float]:
                      a[0] ** 2 * dh["var_latent"][hold], cover[hold]))
     xs, iv, mean, var_model, var_other, f = (np.concatenate(c) for c in zip(*held))
     b, gamma = model_scale(xs, iv, mean, var_model, var_other, coverage=f)
-    model.sigma_scale.copy_(torch.tensor([a[0], a[1], b, gamma, 0.0, 1.0]))
-    rho, length = smooth_error_fit(model, val, part, passes)
-    model.sigma_scale.copy_(torch.tensor([a[0], a[1], b, gamma, rho, length]))
-    return model.sigma_scale.tolist()
-
-
-@torch.no_grad()
-def _combination_parts(model: SpectrumVAE, data: Batch) -> dict[str, torch.Tensor]:
-    """`combination_inputs` of every spectrum of `data` under the Laplace posterior, on the CPU."""
-    dev = next(model.parameters()).device
-    a = model.sigma_scale.float()[SCALE_INDEX["laplace"]]
-    parts, rows = [], rows_per_batch(model)
-    for i in range(0, len(data), rows):
-        b = data[i:i + rows].to(dev)
-        post, _ = posterior(model, b.x, b.ivar, b.z, "laplace")
-        mu, var_lat, sig = sigma_points(model, post, b.z)
-        p = combination_inputs(b, mu.float(), var_lat.float(), sig.float() ** 2, a,
-                               model.sigma_scale.float()[SCALE_INDEX["model"]] ** 2, coverage_growth(model, b))
-        parts.append({k: v.cpu() for k, v in p.items()})
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-
-# Candidates for the smooth part of the model error (specae.denoise.SMOOTH_HALF_WIDTH): its fraction rho of the
-# model variance and its correlation length in pixels; rho = 0 (none) is always a candidate.
-SMOOTH_FRACTIONS = (0.25, 0.5, 0.75)
-SMOOTH_LENGTHS = (10, 30, 100, 300, 1000)
-
-
-def smooth_error_nll(x, ivar, hold, parts: dict, grid) -> np.ndarray:
-    """Minus the log-likelihood (one per candidate (rho, length) of `grid`) of the pixels `hold` (B, npix) bool,
-    measured as x with inverse variance ivar but hidden from `parts` (`combination_inputs` without them), under
-    the combination with the data: the prediction's variance plus the noise."""
-    out = np.zeros(len(grid))
-    for length in sorted({n for _, n in grid}):
-        # the candidates of one length in one pass of the smoother, stacked along the batch
-        which = [j for j, (_, n) in enumerate(grid) if n == length]
-        rep = len(which)
-        smooth = torch.cat([grid[j][0] * parts["smooth"] for j in which])
-        seen = torch.where(hold, 0.0, ivar).repeat(rep, 1)
-        mean, var = combination(x.repeat(rep, 1), seen, parts["mu"].repeat(rep, 1), smooth,
-                                parts["total"].repeat(rep, 1) - smooth, length, parts["excess"].repeat(rep, 1))
-        resid2 = (x.double().repeat(rep, 1) - mean.double()) ** 2
-        total = var.double() + 1 / ivar.double().clamp_min(1e-30).repeat(rep, 1)
-        nll = torch.where(hold.repeat(rep, 1), 0.5 * (resid2 / total + total.log()), 0.0)
-        out[which] = nll.view(rep, -1).sum(1).numpy()
-    return out
-
-
-def smooth_error_fit(model: SpectrumVAE, val: Batch, part: np.ndarray, passes: int) -> tuple[float, float]:
-    """(rho, length) of the smooth model error (specae.denoise.combination), by the likelihood of held-out
-    validation pixels (parts 0 to `passes` - 1 of `part` (N, npix), one at a time) predicted from the rest of
-    their spectrum, over the candidate grid (rho = 0, none, included)."""
-    if model.cfg.kind != "vae":
-        return 0.0, 1.0
-    grid = [(0.0, 1.0)] + [(r, float(n)) for r in SMOOTH_FRACTIONS for n in SMOOTH_LENGTHS if n <= val.x.shape[1]]
-    nll = np.zeros(len(grid))
-    for k in range(passes):
-        hold = (val.ivar > 0) & torch.from_numpy(part == k)
-        if bool(hold.any()):
-            parts = _combination_parts(model, Batch(val.x, torch.where(hold, 0.0, val.ivar), val.z))
-            nll += smooth_error_nll(val.x, val.ivar, hold, parts, grid)
-    return grid[int(np.argmin(nll))]
+    model.sigma_scale.copy_(torch.tensor([a[0], a[1], b, gamma]))
+    return [a[0], a[1], b, gamma]
 
 
 # -- data ------------------------------------------------------------------------------------------------

@@ -25,9 +25,6 @@ the decoder, and var_model = sigma_model^2, the decoder's own scatter.
   make) are left out, both being the misfit variance's to cover in the combination. The held-out noise
   is independent of the prediction, so what the model misses of real spectra (and the bootstrap cannot
   see) ends up in b and gamma.
-- rho and the correlation length of the smooth part of the model error (specae.denoise.combination), by the
-  likelihood of held-out validation pixels predicted by the whole combination with the data, over a grid
-  (`smooth_error_fit` in specae.train): rho = 0 where the model's errors are not smooth along wavelength.
 """
 
 from __future__ import annotations
@@ -43,8 +40,7 @@ from specae.errors import SpecaeError
 
 FACTOR_RANGE = (0.25, 4.0)   # beyond this the validation data cannot be trusted to rescale sigma
 KINDS = ("laplace", "decoder", "encoder")
-# entries of model.sigma_scale
-SCALE_INDEX = {"laplace": 0, "decoder": 0, "encoder": 1, "model": 2, "coverage": 3, "smooth": 4, "length": 5}
+SCALE_INDEX = {"laplace": 0, "decoder": 0, "encoder": 1, "model": 2, "coverage": 3}   # entries of model.sigma_scale
 
 
 # Prior std of each spectrum's log amplitude: the normalisation (a median of noisy flux) is uncertain by
