@@ -19,14 +19,15 @@ from specae.data.resample import loglam_grid
 from specae.data.sources import H5Blocks, H5Source, TensorSource
 from specae.data.spectra import Spectra
 from specae.data.tensors import Batch, normalise, to_batch, window_mask
-from specae.denoise import misfit_variance, predict_batch, rows_per_batch
+from specae.denoise import (combination, combination_inputs, coverage_growth, misfit_variance, predict_batch,
+                            rows_per_batch, sigma_points)
 from specae.engine import EngineConfig, Objective, Runtime, StepContext, adamw
 from specae.engine import train as run_engine
 from specae.errors import SpecaeError
 from specae.models.checkpoint import load_model, save_model
 from specae.models.config import ModelConfig
 from specae.models.vae import SIGMA_SCALE_DEFAULT, SpectrumVAE, chi2, gaussian_nll, kl_normal
-from specae.uncertainty import latent_scale, model_scale
+from specae.uncertainty import SCALE_INDEX, latent_scale, model_scale, posterior, predictive_scale
 
 
 @dataclass
@@ -204,9 +205,10 @@ CALIB_PIXELS = 5_000_000
 
 def calibrate(model: SpectrumVAE, val: Batch, seed: int = 0) -> list[float]:
     """Fit the model's sigma calibration on validation spectra in model space (specae.uncertainty); returns
-    [a_laplace, a_encoder, b, gamma]. The latent factors are fitted per posterior kind by re-denoising the
-    denoised validation spectra after adding fresh noise from their own ivar and masks; the decoder part
-    on held-out pixels, given the latent part."""
+    [a_laplace, a_encoder, b, gamma, rho, length, c]. The latent factors are fitted per posterior kind by
+    re-denoising the denoised validation spectra after adding fresh noise from their own ivar and masks; the
+    decoder part on held-out pixels, given the latent part; then the smooth part of the model error and the
+    factor c on the model variance of the whole combination with the data, on held-out pixels, given both."""
     model.sigma_scale.copy_(torch.tensor(SIGMA_SCALE_DEFAULT))
     rng = np.random.default_rng(seed)
     x, ivar = val.x.double().numpy(), val.ivar.double().numpy()
@@ -222,8 +224,8 @@ def calibrate(model: SpectrumVAE, val: Batch, seed: int = 0) -> list[float]:
     part = rng.integers(0, CALIB_PASSES, size=x.shape)
     dev = next(model.parameters()).device
     cover = model.coverage(None if val.z is None else val.z.to(dev), len(val)).cpu().double().numpy()
-    held = []
-    for k in range(int(np.clip(CALIB_PIXELS // max(int(valid.sum()), 1), 1, CALIB_PASSES))):
+    held, passes = [], int(np.clip(CALIB_PIXELS // max(int(valid.sum()), 1), 1, CALIB_PASSES))
+    for k in range(passes):
         hold = valid & (part == k)
         seen = torch.where(torch.from_numpy(hold), 0.0, val.ivar)
         dh = _predict_all(model, Batch(val.x, seen, val.z), "laplace", seed)
@@ -235,8 +237,88 @@ def calibrate(model: SpectrumVAE, val: Batch, seed: int = 0) -> list[float]:
                      a[0] ** 2 * dh["var_latent"][hold], cover[hold]))
     xs, iv, mean, var_model, var_other, f = (np.concatenate(c) for c in zip(*held))
     b, gamma = model_scale(xs, iv, mean, var_model, var_other, coverage=f)
-    model.sigma_scale.copy_(torch.tensor([a[0], a[1], b, gamma]))
-    return [a[0], a[1], b, gamma]
+    model.sigma_scale.copy_(torch.tensor([a[0], a[1], b, gamma, 0.0, 1.0, 1.0]))
+    rho, length, c = smooth_error_fit(model, val, part, passes, seed)
+    model.sigma_scale.copy_(torch.tensor([a[0], a[1], b, gamma, rho, length, c]))
+    return model.sigma_scale.tolist()
+
+
+@torch.no_grad()
+def _combination_parts(model: SpectrumVAE, data: Batch) -> dict[str, torch.Tensor]:
+    """`combination_inputs` of every spectrum of `data` under the Laplace posterior, on the CPU."""
+    dev = next(model.parameters()).device
+    a = model.sigma_scale.float()[SCALE_INDEX["laplace"]]
+    parts, rows = [], rows_per_batch(model)
+    for i in range(0, len(data), rows):
+        b = data[i:i + rows].to(dev)
+        post, _ = posterior(model, b.x, b.ivar, b.z, "laplace")
+        mu, var_lat, sig = sigma_points(model, post, b.z)
+        p = combination_inputs(b, mu.float(), var_lat.float(), sig.float() ** 2, a,
+                               model.sigma_scale.float()[SCALE_INDEX["model"]] ** 2, coverage_growth(model, b))
+        parts.append({k: v.cpu() for k, v in p.items()})
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+# Candidates for the smooth part of the model error (specae.denoise.SMOOTH_HALF_WIDTH): its fraction rho of the
+# model variance and its correlation length in pixels; rho = 0 (none) is always a candidate.
+SMOOTH_FRACTIONS = (0.25, 0.5, 0.75)
+SMOOTH_LENGTHS = (10, 30, 100, 300, 1000)
+
+
+def heldout_predictions(x, ivar, hold, parts: dict, grid) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """For each candidate (rho, length) of `grid`: the squared residuals, measurement variances and predictive
+    variances (flat float64 arrays) of the pixels `hold` (B, npix) bool, measured as x with inverse variance
+    ivar but hidden from `parts` (`combination_inputs` without them), predicted by the combination with the
+    data of the rest of their spectrum."""
+    out = [None] * len(grid)
+    noise = (1 / ivar.double().clamp_min(1e-30))[hold].numpy()
+    for length in sorted({n for _, n in grid}):
+        # the candidates of one length in one pass of the smoother, stacked along the batch
+        which = [j for j, (_, n) in enumerate(grid) if n == length]
+        rep = len(which)
+        smooth = torch.cat([grid[j][0] * parts["smooth"] for j in which])
+        seen = torch.where(hold, 0.0, ivar).repeat(rep, 1)
+        mean, var = combination(x.repeat(rep, 1), seen, parts["mu"].repeat(rep, 1), smooth,
+                                parts["total"].repeat(rep, 1) - smooth, length, parts["excess"].repeat(rep, 1))
+        for i, j in enumerate(which):
+            r = slice(i * len(x), (i + 1) * len(x))
+            out[j] = (((x.double() - mean[r].double()) ** 2)[hold].numpy(), noise, var[r].double()[hold].numpy())
+    return out
+
+
+def choose_smooth_error(preds: list, grid) -> tuple[float, float, float]:
+    """(rho, length, c): the candidate of `grid` whose held-out predictions (`heldout_predictions`, pooled) are
+    the most likely once their variance is rescaled by its own factor c^2 (`predictive_scale`), and that c."""
+    fits = [predictive_scale(*p) for p in preds]
+    j = int(np.argmin([nll for _, nll in fits]))
+    return grid[j][0], grid[j][1], fits[j][0]
+
+
+# Held-out pixels the choice of the smooth model error pools (a random subset where there are more): enough for
+# likelihood differences between candidates of 1e-4 per pixel, which is where they differed on the synthetic sets
+SMOOTH_PIXELS = 1_000_000
+
+
+def smooth_error_fit(model: SpectrumVAE, val: Batch, part: np.ndarray, passes: int,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """(rho, length, c) of the smooth model error (specae.denoise.combination) and of the factor c on the whole
+    model variance, from validation pixels held out (parts 0 to `passes` - 1 of `part` (N, npix), one at a time)
+    and predicted from the rest of their spectrum, over the candidate grid (rho = 0, none, included)."""
+    if model.cfg.kind != "vae":
+        return 0.0, 1.0, 1.0
+    grid = [(0.0, 1.0)] + [(r, float(n)) for r in SMOOTH_FRACTIONS for n in SMOOTH_LENGTHS if n <= val.x.shape[1]]
+    rng = np.random.default_rng(seed)
+    valid = val.ivar > 0
+    keep = torch.from_numpy(rng.random(val.x.shape) < SMOOTH_PIXELS / max(int(valid.sum()), 1))
+    pooled = []
+    for k in range(passes):
+        hidden = valid & torch.from_numpy(part == k)
+        if bool((hidden & keep).any()):
+            parts = _combination_parts(model, Batch(val.x, torch.where(hidden, 0.0, val.ivar), val.z))
+            pooled.append(heldout_predictions(val.x, val.ivar, hidden & keep, parts, grid))
+    if not pooled:
+        return 0.0, 1.0, 1.0
+    return choose_smooth_error([tuple(np.concatenate(a) for a in zip(*p)) for p in zip(*pooled)], grid)
 
 
 # -- data ------------------------------------------------------------------------------------------------

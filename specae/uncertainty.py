@@ -25,6 +25,12 @@ the decoder, and var_model = sigma_model^2, the decoder's own scatter.
   make) are left out, both being the misfit variance's to cover in the combination. The held-out noise
   is independent of the prediction, so what the model misses of real spectra (and the bootstrap cannot
   see) ends up in b and gamma.
+- rho and the correlation length of the smooth part of the model error (specae.denoise.combination), and a
+  factor c on the model variance the combination starts from, by the likelihood of held-out validation pixels
+  predicted by the whole combination with the data (`smooth_error_fit` in specae.train): each candidate of a
+  grid gets its own c (`predictive_scale`, the mixture of `model_scale`), the most likely candidate is kept
+  and its c refitted with itself applied. rho = 0 where the model's errors are not smooth along wavelength;
+  c corrects what b, fitted before the spectra's own scales and the smooth part, leaves mis-stated.
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ from specae.errors import SpecaeError
 
 FACTOR_RANGE = (0.25, 4.0)   # beyond this the validation data cannot be trusted to rescale sigma
 KINDS = ("laplace", "decoder", "encoder")
-SCALE_INDEX = {"laplace": 0, "decoder": 0, "encoder": 1, "model": 2, "coverage": 3}   # entries of model.sigma_scale
+# entries of model.sigma_scale
+SCALE_INDEX = {"laplace": 0, "decoder": 0, "encoder": 1, "model": 2, "coverage": 3, "smooth": 4, "length": 5,
+               "combined": 6}
 
 
 # Prior std of each spectrum's log amplitude: the normalisation (a median of noisy flux) is uncertain by
@@ -202,6 +210,28 @@ OUTLIER_FRACTION = (1e-4, 0.5)
 COVERAGE_POWER = (0.0, 2.0)
 
 
+def _mixture_fit(r2: np.ndarray, vn: np.ndarray, vm: np.ndarray, log_f: np.ndarray | None):
+    """Maximum likelihood of r2 ~ (1 - eps) N(0, vn + s^2 f^-gamma vm) + eps N(0, vn + c^2 s^2 f^-gamma vm) (squared
+    residuals, flat float64 arrays): returns (s, gamma, mean negative log-likelihood per pixel); gamma = 0
+    without log f."""
+    power = COVERAGE_POWER if log_f is not None else (0.0, 0.0)
+    log_f = np.zeros_like(vm) if log_f is None else log_f
+
+    def nll(p):
+        logs2, gamma, logc2, eps = p
+        v = np.exp(logs2 - gamma * log_f) * vm
+        core, wide = vn + v, vn + np.exp(logc2) * v
+        return -np.mean(np.logaddexp(np.log1p(-eps) - 0.5 * (r2 / core + np.log(core)),
+                                     np.log(eps) - 0.5 * (r2 / wide + np.log(wide))))
+
+    lo, hi = 2 * np.log(FACTOR_RANGE[0]), 2 * np.log(FACTOR_RANGE[1])
+    gauss = minimize_scalar(lambda t: nll((t, 0.0, 0.0, OUTLIER_FRACTION[0])), bounds=(lo, hi), method="bounded").x
+    fit = minimize(nll, [gauss, 0.0, np.log(10.0), 0.05], method="L-BFGS-B",
+                   bounds=[(lo, hi), power,
+                           tuple(np.log(OUTLIER_SCALE)), OUTLIER_FRACTION])
+    return float(np.exp(0.5 * fit.x[0])), float(fit.x[1]), float(fit.fun)
+
+
 def model_scale(x: np.ndarray, ivar: np.ndarray, mean: np.ndarray, var_model: np.ndarray,
                 var_other: np.ndarray | float = 0.0, coverage: np.ndarray | None = None) -> tuple[float, float]:
     """Factor b of the decoder scatter on the pixels the model follows and the power gamma of its growth
@@ -217,21 +247,19 @@ def model_scale(x: np.ndarray, ivar: np.ndarray, mean: np.ndarray, var_model: np
     other = np.broadcast_to(var_other, np.shape(x))[valid]
     r2, vm = (x - mean)[valid].astype(np.float64) ** 2, var_model[valid].astype(np.float64)
     vn = 1 / ivar[valid].astype(np.float64) + other
-    log_f = np.zeros_like(vm) if coverage is None else np.log(np.broadcast_to(coverage, np.shape(x))[valid])
+    log_f = None if coverage is None else np.log(np.broadcast_to(coverage, np.shape(x))[valid])
+    b, gamma, _ = _mixture_fit(r2, vn, vm, log_f)
+    return b, gamma
 
-    def nll(p):
-        logb2, gamma, logc2, eps = p
-        v = np.exp(logb2 - gamma * log_f) * vm
-        core, wide = vn + v, vn + np.exp(logc2) * v
-        return -np.mean(np.logaddexp(np.log1p(-eps) - 0.5 * (r2 / core + np.log(core)),
-                                     np.log(eps) - 0.5 * (r2 / wide + np.log(wide))))
 
-    lo, hi = 2 * np.log(FACTOR_RANGE[0]), 2 * np.log(FACTOR_RANGE[1])
-    gauss = minimize_scalar(lambda t: nll((t, 0.0, 0.0, OUTLIER_FRACTION[0])), bounds=(lo, hi), method="bounded").x
-    fit = minimize(nll, [gauss, 0.0, np.log(10.0), 0.05], method="L-BFGS-B",
-                   bounds=[(lo, hi), COVERAGE_POWER if coverage is not None else (0.0, 0.0),
-                           tuple(np.log(OUTLIER_SCALE)), OUTLIER_FRACTION])
-    return float(np.exp(0.5 * fit.x[0])), float(fit.x[1])
+def predictive_scale(r2: np.ndarray, noise: np.ndarray, var: np.ndarray) -> tuple[float, float]:
+    """Factor c on the variance `var` of held-out predictions whose squared residuals to the measurement are r2
+    (measurement variance `noise`; flat arrays), by the same two-component mixture as `model_scale`; returns
+    (c, mean negative log-likelihood per pixel at c), the latter to compare predictions of the same pixels."""
+    if r2.size == 0:
+        return 1.0, 0.0
+    c, _, nll = _mixture_fit(r2.astype(np.float64), noise.astype(np.float64), var.astype(np.float64), None)
+    return c, nll
 
 
 def latent_scale(err: np.ndarray, var_latent: np.ndarray) -> float:

@@ -350,8 +350,9 @@ def test_denoise_combines_with_the_data_unless_told_not_to(files, vae_model, tmp
     a, b, c = tmp_path / "combined.h5", tmp_path / "alone.h5", tmp_path / "unscaled.h5"
     assert run(capsys, "denoise", vae_model, files["stars"], "-o", a)[0] == 0
     assert run(capsys, "denoise", vae_model, files["stars"], "-o", b, "--no-combine")[0] == 0
-    with monkeypatch.context() as m:   # each spectrum's own model-variance scale held at 1, masked pixels not moved
-        m.setattr(specae.denoise, "spectrum_scale", lambda *args, **kw: 1.0)
+    with monkeypatch.context() as m:   # each spectrum's own model-variance scale held at 1, masked pixels not moved,
+        m.setattr(specae.denoise, "spectrum_scale", lambda *args, **kw: 1.0)   # no smooth model error
+        m.setattr(specae.denoise, "running_median", lambda t, *args, **kw: torch.zeros_like(t))
         m.setattr(specae.denoise, "inpaint_offset", lambda x, *args, **kw: (torch.zeros_like(x), torch.zeros_like(x)))
         assert run(capsys, "denoise", vae_model, files["stars"], "-o", c)[0] == 0
     ca, cb = read_h5(a), read_h5(b)
@@ -362,8 +363,9 @@ def test_denoise_combines_with_the_data_unless_told_not_to(files, vae_model, tmp
     measured = ~src.mask
     # the combination leans towards each measured pixel and is more precise than the measurement there, and
     # than the model alone except where the spectrum's residuals or the pixel's neighbours widen the model
-    # variance (this tiny model fits poorly); inpainted pixels keep the model's values unless their
-    # neighbours show the model off (the gain from that is in test_quality, on real spectra; here it is a wash)
+    # variance (this tiny model fits poorly); inpainted pixels move from the model's values only with their
+    # neighbours' residuals: the smooth part of the model error and where the neighbours show the model off (the
+    # gain from that is in test_quality, on real spectra; here it is a wash)
     noise = 1 / np.sqrt(src.ivar[measured])
     assert np.all(sa[measured] <= noise * (1 + 1e-5)) and np.any(sa[measured] < 0.99 * sb[measured])
     assert np.mean(sc[measured] <= sb[measured] * (1 + 1e-6)) > 0.95   # this tiny model misses a few lines
@@ -372,6 +374,6 @@ def test_denoise_combines_with_the_data_unless_told_not_to(files, vae_model, tmp
     np.testing.assert_allclose(cc.flux[~measured], cb.flux[~measured], rtol=1e-5, atol=1e-6)
     moved = ~measured & ~np.isclose(ca.flux, cb.flux, rtol=1e-5, atol=1e-6)
     truth = stellar_spectra(30, seed=1, wave=WAVE).flux
-    assert 0 < moved.sum() < 0.5 * (~measured).sum()
+    assert moved.any()
     assert np.mean(np.abs(ca.flux - truth)[~measured]) < 1.02 * np.mean(np.abs(cb.flux - truth)[~measured])
     assert np.mean(np.abs(ca.flux - src.flux)[measured]) < np.mean(np.abs(cb.flux - src.flux)[measured])

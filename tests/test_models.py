@@ -292,23 +292,24 @@ def test_load_model_round_trip_gives_identical_denoising(trained, stars):
 
 
 def test_checkpoint_written_before_the_coverage_power_loads_without_it(trained, stars, tmp_path):
-    # checkpoints from before the coverage power held three sigma factors: they load with gamma = 0
+    # checkpoints from before the coverage power held three sigma factors: they load with gamma = 0 (and no
+    # smooth model error, rho = 0, nor a factor on the combination's model variance, c = 1)
     model, _, _ = trained
     out = copy_run(trained, tmp_path)
     blob = torch.load(out / "weights.pt", weights_only=True)
     blob["state"]["sigma_scale"] = blob["state"]["sigma_scale"][:3]
     torch.save(blob, out / "weights.pt")
     loaded = load_model(out)
-    assert loaded.sigma_scale.tolist() == pytest.approx(model.sigma_scale[:3].tolist() + [0.0])
+    assert loaded.sigma_scale.tolist() == pytest.approx(model.sigma_scale[:3].tolist() + [0.0, 0.0, 1.0, 1.0])
     with torch.no_grad():
-        loaded.sigma_scale[3] = model.sigma_scale[3]
+        loaded.sigma_scale[3:] = model.sigma_scale[3:]
     np.testing.assert_array_equal(denoise(loaded, stars[:4]).sigma, denoise(model, stars[:4]).sigma)
     # and an interrupted run of that time resumes
     state = torch.load(out / "train_state.pt", weights_only=True)
     state["modules"]["model"]["sigma_scale"] = state["modules"]["model"]["sigma_scale"][:3]
     torch.save(state, out / "train_state.pt")
     _, history = fit(stars, model_cfg=small_cfg(), cfg=tcfg(epochs=3), out_dir=out, resume=True)
-    assert history["epoch"] == [0, 1, 2] and len(history["sigma_scale"]) == 4
+    assert history["epoch"] == [0, 1, 2] and len(history["sigma_scale"]) == 7
 
 
 def test_resume_continues_the_run(trained, stars, tmp_path):
@@ -442,7 +443,7 @@ def test_seen_holds_the_training_coverage_and_the_decoder_variance_grows_where_i
     b, _, _ = model_input(model, s[:2])
     from specae.denoise import predict_batch
     with torch.no_grad():
-        model.sigma_scale.copy_(torch.tensor([1.0, 1.0, 0.5, 0.0]))
+        model.sigma_scale.copy_(torch.tensor([1.0, 1.0, 0.5, 0.0, 0.0, 1.0, 1.0]))
         flat = predict_batch(model, b, combine=False)["var_model"]
         model.sigma_scale[3] = 1.0
         grown = predict_batch(model, b, combine=False)["var_model"]

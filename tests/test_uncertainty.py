@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 import pytest
 
 from specae.metrics import coverage, error_over_sigma, rmse
@@ -320,3 +321,74 @@ def test_inpaint_offset_moves_masked_pixels_toward_neighbours_the_model_misses_a
     lone = np.zeros((1, 9))
     s, e = inpaint_offset(torch.ones(1, 9), torch.from_numpy(lone), torch.zeros(1, 9), torch.ones(1, 9))
     assert torch.all(s == 0) and torch.all(e == 0)
+
+
+def _gp_draw(rng, b, n, length):
+    """(b, n) draws of a unit-variance Gaussian process with correlation exp(-lag / length)."""
+    lag = np.abs(np.arange(n)[:, None] - np.arange(n)[None])
+    return rng.standard_normal((b, n)) @ np.linalg.cholesky(np.exp(-lag / length)).T
+
+
+def test_ar1_smoother_is_the_exact_gaussian_process_posterior():
+    from specae.denoise import ar1_smoother
+    rng = np.random.default_rng(3)
+    b, n, length = 3, 40, 7.0
+    y = rng.standard_normal((b, n))
+    amp = rng.uniform(0.2, 2.0, (b, n))
+    noise = rng.uniform(0.1, 3.0, (b, n))
+    noise[rng.random((b, n)) < 0.2] = np.inf                     # masked pixels carry no data
+    noise[1, 10:25] = np.inf                                     # and a masked chunk
+    mean, var = (t.numpy() for t in ar1_smoother(*(torch.from_numpy(a) for a in (y, noise, amp)), length))
+    k = np.exp(-np.abs(np.arange(n)[:, None] - np.arange(n)[None]) / length)
+    for i in range(b):
+        o = np.isfinite(noise[i])
+        ka = k[:, o] * amp[i, o]                                 # cov(g, y_observed)
+        cov_y = amp[i, o][:, None] * k[np.ix_(o, o)] * amp[i, o][None] + np.diag(noise[i, o])
+        np.testing.assert_allclose(mean[i], ka @ np.linalg.solve(cov_y, y[i, o]), rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(var[i], np.diag(k - ka @ np.linalg.solve(cov_y, ka.T)), rtol=1e-8, atol=1e-10)
+
+
+def test_combination_without_a_smooth_part_is_the_precision_weighted_mean_and_masked_pixels_keep_the_model():
+    from specae.denoise import combination
+    rng = np.random.default_rng(4)
+    x, mu = rng.standard_normal((2, 50)), rng.standard_normal((2, 50))
+    ivar, v = rng.uniform(0.5, 4, (2, 50)), rng.uniform(0.1, 2, (2, 50))
+    ivar[:, ::7] = 0
+    mean, var = (t.numpy() for t in combination(*(torch.from_numpy(a) for a in (x, ivar, mu, 0 * v, v)), 30.0))
+    np.testing.assert_allclose(mean, (mu / v + x * ivar) / (1 / v + ivar), rtol=1e-10)
+    np.testing.assert_allclose(var, 1 / (1 / v + ivar), rtol=1e-10)
+    np.testing.assert_array_equal(mean[:, ::7], mu[:, ::7])
+    np.testing.assert_allclose(var[:, ::7], v[:, ::7], rtol=1e-12)
+
+
+@pytest.mark.parametrize("smooth", [True, False])
+def test_held_out_pixels_choose_the_smooth_model_error_only_where_there_is_one_and_rescale_its_variance(smooth):
+    # a model error below the noise per pixel: nine tenths of it smooth along wavelength (correlation length
+    # 50 pixels), or all white, and the model's variance half the error's. Held-out pixels pick the smooth part
+    # exactly when it is there and the factor c that restores the variance, and with them the combination
+    # recovers much of the error that each pixel's noise hides, with a calibrated sigma
+    from specae.denoise import combination
+    from specae.train import choose_smooth_error, heldout_predictions
+    rng = np.random.default_rng(5)
+    b, n, v_model = 200, 400, 0.01
+    white = rng.standard_normal((b, n))
+    error = np.sqrt(v_model) * (np.sqrt(0.9) * _gp_draw(rng, b, n, 50.0) + np.sqrt(0.1) * white if smooth else white)
+    mu = np.zeros((b, n))
+    truth = mu + error
+    ivar = np.full((b, n), 25.0)                                  # noise variance 4x the model error's
+    ivar[rng.random((b, n)) < 0.05] = 0
+    x = np.where(ivar > 0, truth + rng.standard_normal((b, n)) / np.sqrt(np.maximum(ivar, 1e-30)), 0.0)
+    t = {k: torch.from_numpy(a) for k, a in (("x", x), ("ivar", ivar), ("mu", mu))}
+    hold = (t["ivar"] > 0) & torch.from_numpy(rng.random((b, n)) < 0.2)
+    total = torch.full((b, n), v_model / 2, dtype=torch.float64)
+    parts = {"mu": t["mu"], "total": total, "smooth": total, "excess": torch.zeros_like(total)}
+    grid = [(0.0, 1.0), (0.5, 10.0), (0.9, 10.0), (0.9, 50.0), (0.9, 300.0)]
+    rho, length, c = choose_smooth_error(heldout_predictions(t["x"], t["ivar"], hold, parts, grid), grid)
+    assert (rho, length) == ((0.9, 50.0) if smooth else (0.0, 1.0))
+    assert 1.15 < c < 1.7                                         # sqrt(2) restores the error's variance
+    total = c ** 2 * total
+    mean, var = (a.numpy() for a in combination(t["x"], t["ivar"], t["mu"], rho * total, (1 - rho) * total, length))
+    rmse, rmse_model = np.sqrt(np.mean((mean - truth) ** 2)), np.sqrt(np.mean((mu - truth) ** 2))
+    inside = np.mean(np.abs(mean - truth) < np.sqrt(var))
+    assert rmse < (0.7 if smooth else 1.0) * rmse_model
+    assert 0.63 < inside < 0.73

@@ -14,7 +14,8 @@ from specae.models.decoder import Decoder
 from specae.models.encoder import Encoder
 
 LOG_2PI = math.log(2 * math.pi)
-SIGMA_SCALE_DEFAULT = (1.0, 1.0, 1.0, 0.0)   # model.sigma_scale before calibration: a_laplace, a_encoder, b, gamma
+# model.sigma_scale before calibration: a_laplace, a_encoder, b, gamma, rho, length, c (specae.uncertainty)
+SIGMA_SCALE_DEFAULT = (1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0)
 
 
 class SpectrumVAE(nn.Module):
@@ -47,11 +48,14 @@ class SpectrumVAE(nn.Module):
         self.register_buffer("seen", torch.ones(n_dec))
         # sigma calibration, fitted on validation data after training (specae.uncertainty): factors on the
         # latent part for the Laplace and the encoder posterior and on the decoder part (b), and the power
-        # gamma by which the decoder part grows where the training coverage f is thin (b^2 f^-gamma)
+        # gamma by which the decoder part grows where the training coverage f is thin (b^2 f^-gamma), and the
+        # fraction rho of the model variance that is smooth along wavelength with its correlation length in pixels,
+        # and the factor c on the model variance of the combination with the data
         self.register_buffer("sigma_scale", torch.tensor(SIGMA_SCALE_DEFAULT))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints and training states written before gamma hold three sigma entries: no growth (gamma 0)
+        # checkpoints and training states written before gamma (three sigma entries) or rho (four) hold no growth
+        # (gamma 0), no smooth error (rho 0) and no factor on the combination's model variance (c 1)
         key = prefix + "sigma_scale"
         old = state_dict.get(key)
         if old is not None and old.numel() < len(SIGMA_SCALE_DEFAULT):
