@@ -28,9 +28,9 @@ the decoder, and var_model = sigma_model^2, the decoder's own scatter.
 - rho and the correlation length of the smooth part of the model error (specae.denoise.combination), and a
   factor c on the model variance the combination starts from, by the likelihood of held-out validation pixels
   predicted by the whole combination with the data (`smooth_error_fit` in specae.train): each candidate of a
-  grid gets its own c (`predictive_scale`, the mixture of `model_scale`), the most likely candidate is kept
-  and its c refitted with itself applied. rho = 0 where the model's errors are not smooth along wavelength;
-  c corrects what b, fitted before the spectra's own scales and the smooth part, leaves mis-stated.
+  grid gets its own c (`predictive_scale`, the mixture of `model_scale`), and the candidate most likely at its
+  own c is kept with that c. rho = 0 where the model's errors are not smooth along wavelength; c corrects what
+  b, fitted before the spectra's own scales and the smooth part, leaves mis-stated.
 """
 
 from __future__ import annotations
@@ -227,8 +227,7 @@ def _mixture_fit(r2: np.ndarray, vn: np.ndarray, vm: np.ndarray, log_f: np.ndarr
     lo, hi = 2 * np.log(FACTOR_RANGE[0]), 2 * np.log(FACTOR_RANGE[1])
     gauss = minimize_scalar(lambda t: nll((t, 0.0, 0.0, OUTLIER_FRACTION[0])), bounds=(lo, hi), method="bounded").x
     fit = minimize(nll, [gauss, 0.0, np.log(10.0), 0.05], method="L-BFGS-B",
-                   bounds=[(lo, hi), power,
-                           tuple(np.log(OUTLIER_SCALE)), OUTLIER_FRACTION])
+                   bounds=[(lo, hi), power, tuple(np.log(OUTLIER_SCALE)), OUTLIER_FRACTION])
     return float(np.exp(0.5 * fit.x[0])), float(fit.x[1]), float(fit.fun)
 
 
