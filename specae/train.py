@@ -20,14 +20,14 @@ from specae.data.sources import H5Blocks, H5Source, TensorSource
 from specae.data.spectra import Spectra
 from specae.data.tensors import Batch, normalise, to_batch, window_mask
 from specae.denoise import (combination, combination_inputs, coverage_growth, misfit_variance, predict_batch,
-                            rows_per_batch, sigma_points)
+                            rows_per_batch)
 from specae.engine import EngineConfig, Objective, Runtime, StepContext, adamw
 from specae.engine import train as run_engine
 from specae.errors import SpecaeError
 from specae.models.checkpoint import load_model, save_model
 from specae.models.config import ModelConfig
 from specae.models.vae import SIGMA_SCALE_DEFAULT, SpectrumVAE, chi2, gaussian_nll, kl_normal
-from specae.uncertainty import SCALE_INDEX, latent_scale, model_scale, posterior, predictive_scale
+from specae.uncertainty import SCALE_INDEX, latent_scale, model_scale, predictive_scale
 
 
 @dataclass
@@ -224,11 +224,12 @@ def calibrate(model: SpectrumVAE, val: Batch, seed: int = 0) -> list[float]:
     part = rng.integers(0, CALIB_PASSES, size=x.shape)
     dev = next(model.parameters()).device
     cover = model.coverage(None if val.z is None else val.z.to(dev), len(val)).cpu().double().numpy()
-    held, passes = [], int(np.clip(CALIB_PIXELS // max(int(valid.sum()), 1), 1, CALIB_PASSES))
-    for k in range(passes):
+    held, predicted = [], []
+    for k in range(int(np.clip(CALIB_PIXELS // max(int(valid.sum()), 1), 1, CALIB_PASSES))):
         hold = valid & (part == k)
         seen = torch.where(torch.from_numpy(hold), 0.0, val.ivar)
-        dh = _predict_all(model, Batch(val.x, seen, val.z), "laplace", seed)
+        dh = _predict_all(model, Batch(val.x, seen, val.z), "laplace", seed)    # uncalibrated: a = b = 1, gamma = 0
+        predicted.append((torch.from_numpy(hold.copy()), dh))     # hold is narrowed below, for b only
         # b is for where the model can follow the data: pixels whose neighbours reject it (a line stronger
         # than the latents make) get the misfit variance of the combination instead
         var = torch.from_numpy(a[0] ** 2 * dh["var_latent"] + dh["var_model"])
@@ -238,25 +239,19 @@ def calibrate(model: SpectrumVAE, val: Batch, seed: int = 0) -> list[float]:
     xs, iv, mean, var_model, var_other, f = (np.concatenate(c) for c in zip(*held))
     b, gamma = model_scale(xs, iv, mean, var_model, var_other, coverage=f)
     model.sigma_scale.copy_(torch.tensor([a[0], a[1], b, gamma, 0.0, 1.0, 1.0]))
-    rho, length, c = smooth_error_fit(model, val, part, passes, seed)
+    rho, length, c = smooth_error_fit(model, val, predicted, seed)
     model.sigma_scale.copy_(torch.tensor([a[0], a[1], b, gamma, rho, length, c]))
     return model.sigma_scale.tolist()
 
 
-@torch.no_grad()
-def _combination_parts(model: SpectrumVAE, data: Batch) -> dict[str, torch.Tensor]:
-    """`combination_inputs` of every spectrum of `data` under the Laplace posterior, on the CPU."""
-    dev = next(model.parameters()).device
-    a = model.sigma_scale.float()[SCALE_INDEX["laplace"]]
-    parts, rows = [], rows_per_batch(model)
-    for i in range(0, len(data), rows):
-        b = data[i:i + rows].to(dev)
-        post, _ = posterior(model, b.x, b.ivar, b.z, "laplace")
-        mu, var_lat, sig = sigma_points(model, post, b.z)
-        p = combination_inputs(b, mu.float(), var_lat.float(), sig.float() ** 2, a,
-                               model.sigma_scale.float()[SCALE_INDEX["model"]] ** 2, coverage_growth(model, b))
-        parts.append({k: v.cpu() for k, v in p.items()})
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+def _combination_parts(model: SpectrumVAE, data: Batch, pred: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """`combination_inputs` of every spectrum of `data` (on the CPU), from its uncalibrated Laplace prediction
+    `pred` (`_predict_all`) and the model's calibrated factors."""
+    t = {k: torch.from_numpy(v).float() for k, v in pred.items()}
+    scale = model.sigma_scale.float().cpu()
+    growth = coverage_growth(model, data.to(next(model.parameters()).device)).cpu()
+    return combination_inputs(data, t["flux"], t["var_latent"], t["var_model"], scale[SCALE_INDEX["laplace"]],
+                              scale[SCALE_INDEX["model"]] ** 2, growth)
 
 
 # Candidates for the smooth part of the model error (specae.denoise.SMOOTH_HALF_WIDTH): its fraction rho of the
@@ -299,11 +294,11 @@ def choose_smooth_error(preds: list, grid) -> tuple[float, float, float]:
 SMOOTH_PIXELS = 1_000_000
 
 
-def smooth_error_fit(model: SpectrumVAE, val: Batch, part: np.ndarray, passes: int,
-                     seed: int = 0) -> tuple[float, float, float]:
+def smooth_error_fit(model: SpectrumVAE, val: Batch, predicted: list, seed: int = 0) -> tuple[float, float, float]:
     """(rho, length, c) of the smooth model error (specae.denoise.combination) and of the factor c on the whole
-    model variance, from validation pixels held out (parts 0 to `passes` - 1 of `part` (N, npix), one at a time)
-    and predicted from the rest of their spectrum, over the candidate grid (rho = 0, none, included)."""
+    model variance, from validation pixels held out and predicted from the rest of their spectrum, over the
+    candidate grid (rho = 0, none, included). `predicted`: one (hidden (N, npix) bool, `_predict_all` of `val`
+    with those pixels hidden) per held-out pass of `calibrate`."""
     if model.cfg.kind != "vae":
         return 0.0, 1.0, 1.0
     grid = [(0.0, 1.0)] + [(r, float(n)) for r in SMOOTH_FRACTIONS for n in SMOOTH_LENGTHS if n <= val.x.shape[1]]
@@ -311,10 +306,9 @@ def smooth_error_fit(model: SpectrumVAE, val: Batch, part: np.ndarray, passes: i
     valid = val.ivar > 0
     keep = torch.from_numpy(rng.random(val.x.shape) < SMOOTH_PIXELS / max(int(valid.sum()), 1))
     pooled = []
-    for k in range(passes):
-        hidden = valid & torch.from_numpy(part == k)
+    for hidden, pred in predicted:
         if bool((hidden & keep).any()):
-            parts = _combination_parts(model, Batch(val.x, torch.where(hidden, 0.0, val.ivar), val.z))
+            parts = _combination_parts(model, Batch(val.x, torch.where(hidden, 0.0, val.ivar), val.z), pred)
             pooled.append(heldout_predictions(val.x, val.ivar, hidden & keep, parts, grid))
     if not pooled:
         return 0.0, 1.0, 1.0
