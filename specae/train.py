@@ -1,9 +1,10 @@
 """Training the VAE/AE: data sources, the model's PCA start, its objective for the engine, calibration.
 
 `fit` is the sklearn-like entry point. It takes spectra in memory or HDF5 files to stream, builds the
-model from a bounded random sample of rows, trains it through the one engine (specae.engine: device,
-precision, DDP, schedule, early stopping, checkpoints) with the `VAEObjective` step, and calibrates the
-denoised sigma on validation spectra afterwards.
+model from a bounded random sample of rows and trains it through the one engine (specae.engine: device,
+precision, DDP, schedule, early stopping, checkpoints) with the `VAEObjective` step. It only trains: the
+error model is calibrated afterwards (specae.calibration) on the validation spectra, which `fit` returns
+a sample of.
 """
 
 from __future__ import annotations
@@ -18,16 +19,13 @@ from specae.baselines import WeightedPCA
 from specae.data.resample import loglam_grid
 from specae.data.sources import H5Blocks, H5Source, TensorSource
 from specae.data.spectra import Spectra
-from specae.data.tensors import Batch, normalise, to_batch, window_mask
-from specae.denoise import (combination, combination_inputs, coverage_growth, misfit_variance, predict_batch,
-                            rows_per_batch)
+from specae.data.tensors import normalise, to_batch, window_mask
 from specae.engine import EngineConfig, Objective, Runtime, StepContext, adamw
 from specae.engine import train as run_engine
 from specae.errors import SpecaeError
 from specae.models.checkpoint import load_model, save_model
 from specae.models.config import ModelConfig
-from specae.models.vae import SIGMA_SCALE_DEFAULT, SpectrumVAE, chi2, gaussian_nll, kl_normal
-from specae.uncertainty import SCALE_INDEX, latent_scale, model_scale, predictive_scale
+from specae.models.vae import SpectrumVAE, chi2, gaussian_nll, kl_normal
 
 
 @dataclass
@@ -50,7 +48,7 @@ class TrainConfig(EngineConfig):
     holdout: float = 0.1               # fraction of validation pixels hidden and predicted from the rest
     monitor: str = "chi2_dof"          # validation figure that picks the best epoch: chi2_dof | heldout_chi2_dof
     init_rows: int = 5000              # rows sampled for the PCA start and the normalisation statistics
-    calib_rows: int = 2000             # validation rows used to calibrate sigma
+    calib_rows: int = 2000             # validation rows returned for calibrating the error model
     num_workers: int = 2               # DataLoader workers when streaming from HDF5
 
 
@@ -186,135 +184,6 @@ class VAEObjective(Objective):
         save_model(self.model, directory, history)
 
 
-# -- calibration -----------------------------------------------------------------------------------------
-@torch.no_grad()
-def _predict_all(model, data: Batch, kind: str, seed: int, n_samples: int = 16) -> dict[str, np.ndarray]:
-    dev = next(model.parameters()).device
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    rows = rows_per_batch(model, n_samples)
-    parts = [predict_batch(model, data[i:i + rows].to(dev), kind, n_samples, gen, combine=False) for i in range(0, len(data), rows)]
-    return {k: torch.cat([p[k].float().cpu() for p in parts]).double().numpy() for k in ("flux", "var_latent", "var_model")}
-
-
-# Held-out passes of the calibration: each hides a tenth of the valid validation pixels, and together up to
-# all of them once, within a budget of pixel predictions. One pass of the 300 validation galaxies gave b from
-# 0.48 to 0.63 depending on which pixels it drew.
-CALIB_PASSES = 10
-CALIB_PIXELS = 5_000_000
-
-
-def calibrate(model: SpectrumVAE, val: Batch, seed: int = 0) -> list[float]:
-    """Fit the model's sigma calibration on validation spectra in model space (specae.uncertainty); returns
-    [a_laplace, a_encoder, b, gamma, rho, length, c]. The latent factors are fitted per posterior kind by
-    re-denoising the denoised validation spectra after adding fresh noise from their own ivar and masks; the
-    decoder part on held-out pixels, given the latent part; then the smooth part of the model error and the
-    factor c on the model variance of the whole combination with the data, on held-out pixels, given both."""
-    model.sigma_scale.copy_(torch.tensor(SIGMA_SCALE_DEFAULT))
-    rng = np.random.default_rng(seed)
-    x, ivar = val.x.double().numpy(), val.ivar.double().numpy()
-    valid = ivar > 0
-    d = _predict_all(model, val, "laplace", seed)
-    a = [1.0, 1.0]
-    if model.cfg.kind == "vae":
-        noise = rng.standard_normal(x.shape) / np.sqrt(np.where(valid, ivar, 1.0))
-        redo = Batch(torch.from_numpy(np.where(valid, d["flux"] + noise, 0.0)).float(), val.ivar, val.z)
-        for i, kind in enumerate(("laplace", "encoder")):
-            d2 = _predict_all(model, redo, kind, seed + 1)
-            a[i] = latent_scale(d2["flux"] - d["flux"], d2["var_latent"])
-    part = rng.integers(0, CALIB_PASSES, size=x.shape)
-    dev = next(model.parameters()).device
-    cover = model.coverage(None if val.z is None else val.z.to(dev), len(val)).cpu().double().numpy()
-    held, predicted = [], []
-    for k in range(int(np.clip(CALIB_PIXELS // max(int(valid.sum()), 1), 1, CALIB_PASSES))):
-        hold = valid & (part == k)
-        seen = torch.where(torch.from_numpy(hold), 0.0, val.ivar)
-        dh = _predict_all(model, Batch(val.x, seen, val.z), "laplace", seed)    # uncalibrated: a = b = 1, gamma = 0
-        predicted.append((torch.from_numpy(hold.copy()), dh))     # hold is narrowed below, for b only
-        # b is for where the model can follow the data: pixels whose neighbours reject it (a line stronger
-        # than the latents make) get the misfit variance of the combination instead
-        var = torch.from_numpy(a[0] ** 2 * dh["var_latent"] + dh["var_model"])
-        hold &= misfit_variance(val.x.double(), seen.double(), torch.from_numpy(dh["flux"]), var).numpy() == 0
-        held.append((x[hold], ivar[hold], dh["flux"][hold], dh["var_model"][hold],
-                     a[0] ** 2 * dh["var_latent"][hold], cover[hold]))
-    xs, iv, mean, var_model, var_other, f = (np.concatenate(c) for c in zip(*held))
-    b, gamma = model_scale(xs, iv, mean, var_model, var_other, coverage=f)
-    model.sigma_scale.copy_(torch.tensor([a[0], a[1], b, gamma, 0.0, 1.0, 1.0]))
-    rho, length, c = smooth_error_fit(model, val, predicted, seed)
-    model.sigma_scale.copy_(torch.tensor([a[0], a[1], b, gamma, rho, length, c]))
-    return model.sigma_scale.tolist()
-
-
-def _combination_parts(model: SpectrumVAE, data: Batch, pred: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """`combination_inputs` of every spectrum of `data` (on the CPU), from its uncalibrated Laplace prediction
-    `pred` (`_predict_all`) and the model's calibrated factors."""
-    t = {k: torch.from_numpy(v).float() for k, v in pred.items()}
-    scale = model.sigma_scale.float().cpu()
-    growth = coverage_growth(model, data.to(next(model.parameters()).device)).cpu()
-    return combination_inputs(data, t["flux"], t["var_latent"], t["var_model"], scale[SCALE_INDEX["laplace"]],
-                              scale[SCALE_INDEX["model"]] ** 2, growth)
-
-
-# Candidates for the smooth part of the model error (specae.denoise.SMOOTH_HALF_WIDTH): its fraction rho of the
-# model variance and its correlation length in pixels; rho = 0 (none) is always a candidate.
-SMOOTH_FRACTIONS = (0.25, 0.5, 0.75)
-SMOOTH_LENGTHS = (10, 30, 100, 300, 1000)
-
-
-def heldout_predictions(x, ivar, hold, parts: dict, grid) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """For each candidate (rho, length) of `grid`: the squared residuals, measurement variances and predictive
-    variances (flat float64 arrays) of the pixels `hold` (B, npix) bool, measured as x with inverse variance
-    ivar but hidden from `parts` (`combination_inputs` without them), predicted by the combination with the
-    data of the rest of their spectrum."""
-    out = [None] * len(grid)
-    noise = (1 / ivar.double().clamp_min(1e-30))[hold].numpy()
-    for length in sorted({n for _, n in grid}):
-        # the candidates of one length in one pass of the smoother, stacked along the batch
-        which = [j for j, (_, n) in enumerate(grid) if n == length]
-        rep = len(which)
-        smooth = torch.cat([grid[j][0] * parts["smooth"] for j in which])
-        seen = torch.where(hold, 0.0, ivar).repeat(rep, 1)
-        mean, var = combination(x.repeat(rep, 1), seen, parts["mu"].repeat(rep, 1), smooth,
-                                parts["total"].repeat(rep, 1) - smooth, length, parts["excess"].repeat(rep, 1))
-        for i, j in enumerate(which):
-            r = slice(i * len(x), (i + 1) * len(x))
-            out[j] = (((x.double() - mean[r].double()) ** 2)[hold].numpy(), noise, var[r].double()[hold].numpy())
-    return out
-
-
-def choose_smooth_error(preds: list, grid) -> tuple[float, float, float]:
-    """(rho, length, c): the candidate of `grid` whose held-out predictions (`heldout_predictions`, pooled) are
-    the most likely once their variance is rescaled by its own factor c^2 (`predictive_scale`), and that c."""
-    fits = [predictive_scale(*p) for p in preds]
-    j = int(np.argmin([nll for _, nll in fits]))
-    return grid[j][0], grid[j][1], fits[j][0]
-
-
-# Held-out pixels the choice of the smooth model error pools (a random subset where there are more): enough for
-# likelihood differences between candidates of 1e-4 per pixel, which is where they differed on the synthetic sets
-SMOOTH_PIXELS = 1_000_000
-
-
-def smooth_error_fit(model: SpectrumVAE, val: Batch, predicted: list, seed: int = 0) -> tuple[float, float, float]:
-    """(rho, length, c) of the smooth model error (specae.denoise.combination) and of the factor c on the whole
-    model variance, from validation pixels held out and predicted from the rest of their spectrum, over the
-    candidate grid (rho = 0, none, included). `predicted`: one (hidden (N, npix) bool, `_predict_all` of `val`
-    with those pixels hidden) per held-out pass of `calibrate`."""
-    if model.cfg.kind != "vae":
-        return 0.0, 1.0, 1.0
-    grid = [(0.0, 1.0)] + [(r, float(n)) for r in SMOOTH_FRACTIONS for n in SMOOTH_LENGTHS if n <= val.x.shape[1]]
-    rng = np.random.default_rng(seed)
-    valid = val.ivar > 0
-    keep = torch.from_numpy(rng.random(val.x.shape) < SMOOTH_PIXELS / max(int(valid.sum()), 1))
-    pooled = []
-    for hidden, pred in predicted:
-        if bool((hidden & keep).any()):
-            parts = _combination_parts(model, Batch(val.x, torch.where(hidden, 0.0, val.ivar), val.z), pred)
-            pooled.append(heldout_predictions(val.x, val.ivar, hidden & keep, parts, grid))
-    if not pooled:
-        return 0.0, 1.0, 1.0
-    return choose_smooth_error([tuple(np.concatenate(a) for a in zip(*p)) for p in zip(*pooled)], grid)
-
-
 # -- data ------------------------------------------------------------------------------------------------
 def _normaliser(window: torch.Tensor | None, device):
     """On-device transform of streamed batches: raw flux/ivar -> model-space x/ivar (specae.data.tensors)."""
@@ -372,7 +241,9 @@ def _all_redshifts(blocks: H5Blocks, label: str) -> np.ndarray:
 
 def fit(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None, out_dir=None,
         resume: bool = False, callbacks: tuple = ()) -> tuple[SpectrumVAE, dict]:
-    """Train a VAE/AE; returns the model with the best validation chi2/dof and its history.
+    """Train a VAE/AE; returns the model with the best validation chi2/dof and its history, whose "validation"
+    holds up to `calib_rows` validation spectra (not written to history.json) to calibrate the error model on
+    (`specae.calibration.fit_calibration`).
 
     train, val: `Spectra` in memory, or HDF5 paths / glob patterns / lists of them, streamed by row
     blocks (never read whole). Without `val`, a random `val_fraction` of the spectra (of the row blocks,
@@ -423,14 +294,7 @@ def fit(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig 
         n_train, n_val = len(train_src), len(val_src)
     extra = {"train_config": asdict(cfg), "n_train": n_train, "n_val": n_val}
     history = run_engine(VAEObjective(model, cfg), train_src, val_src, cfg, out_dir, resume, callbacks, rt, extra)
-    if rt.is_main:
-        val_batch, _ = to_batch(val_cal, window_mask(model.wave, model.cfg.norm_window), model.cfg.redshift)
-        history["sigma_scale"] = calibrate(model, val_batch, cfg.seed)
-        if out_dir:
-            save_model(model, out_dir, history)
-    if rt.distributed:   # rank 0 calibrated; every rank returns the same model
-        rt.broadcast(model.sigma_scale)
-        history["sigma_scale"] = model.sigma_scale.tolist()
+    history["validation"] = val_cal
     return model, history
 
 

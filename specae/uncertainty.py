@@ -11,44 +11,19 @@ returns a `LatentPosterior` (mean and full K x K covariance per spectrum) of one
 The K x K algebra is done in float64 with a symmetric (Cholesky) solve; jitter is added only to the
 matrices that fail to factorise.
 
-The denoised variance has two parts, each with a factor calibrated after training on validation
-spectra without truth (`calibrate` in specae.train): var_latent, the latent posterior pushed through
-the decoder, and var_model = sigma_model^2, the decoder's own scatter.
-- a (latent part, one per posterior kind), by a parametric bootstrap: the denoised validation spectra,
-  given fresh noise from their own ivar and masks, are denoised again, and a is fixed by the median of
-  |err| / sigma_latent with the truth known. Every spectrum counts equally.
-- b and gamma (decoder part), by maximum likelihood on held-out pixels: a tenth of the valid validation
-  pixels at a time is hidden, predicted from the rest, and compared with its measurement, whose variance
-  is 1/ivar + a^2 var_latent + b^2 f^-gamma var_model for the pixels the model follows, with f the
-  fraction of the training set that covered the pixel; a wider component takes the outliers
-  (`model_scale`), and pixels whose neighbours reject the model (a line stronger than the latents can
-  make) are left out, both being the misfit variance's to cover in the combination. The held-out noise
-  is independent of the prediction, so what the model misses of real spectra (and the bootstrap cannot
-  see) ends up in b and gamma.
-- rho and the correlation length of the smooth part of the model error (specae.denoise.combination), and a
-  factor c on the model variance the combination starts from, by the likelihood of held-out validation pixels
-  predicted by the whole combination with the data (`smooth_error_fit` in specae.train): each candidate of a
-  grid gets its own c (`predictive_scale`, the mixture of `model_scale`), and the candidate most likely at its
-  own c is kept with that c. rho = 0 where the model's errors are not smooth along wavelength; c corrects what
-  b, fitted before the spectra's own scales and the smooth part, leaves mis-stated.
+Given a calibration (specae.calibration), the Gauss-Newton weights are the calibrated ones: measurement
+noise s_n^2 / ivar plus the model's variance b^2 f^-gamma sigma_model^2, so the posterior is that of the
+error model the denoised sigma comes from (specae.errormodel).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from scipy.optimize import minimize, minimize_scalar
-from scipy.stats import t as student_t
-
 from specae.errors import SpecaeError
 
-FACTOR_RANGE = (0.25, 4.0)   # beyond this the validation data cannot be trusted to rescale sigma
 KINDS = ("laplace", "decoder", "encoder")
-# entries of model.sigma_scale
-SCALE_INDEX = {"laplace": 0, "decoder": 0, "encoder": 1, "model": 2, "coverage": 3, "smooth": 4, "length": 5,
-               "combined": 6}
 
 
 # Prior std of each spectrum's log amplitude: the normalisation (a median of noisy flux) is uncertain by
@@ -114,7 +89,8 @@ def spd_cholesky(a: torch.Tensor) -> torch.Tensor:
     return chol
 
 
-def laplace(model, x, ivar, z=None, start=None, n_steps: int = 3, damping: float = 0.0, tol: float = 0.0):
+def laplace(model, x, ivar, z=None, start=None, n_steps: int = 3, damping: float = 0.0, tol: float = 0.0,
+            var_factor: torch.Tensor | float = 1.0):
     """Posterior mode of the latents and the log amplitude by (damped) Gauss-Newton from `start` (default
     the encoder mean; amplitude 1), and its Laplace covariance. x, ivar (B, npix) model space; z (B,)
     redshifts in redshift mode.
@@ -141,7 +117,7 @@ def laplace(model, x, ivar, z=None, start=None, n_steps: int = 3, damping: float
     converged = False
     for step in range(n_steps + 1):
         mu, sig, jac = model_spectrum(theta)
-        w = pixel_weights(ivar, sig)
+        w = pixel_weights(ivar, sig * var_factor ** 0.5)
         jd, wd = jac.double(), w.double()
         hess = torch.einsum("kbn,bn,lbn->bkl", jd, wd, jd) + torch.diag(prior)                  # (B, K+1, K+1)
         if step == n_steps or converged:
@@ -170,104 +146,17 @@ def posterior(model, x, ivar, z=None, kind: str = "laplace"):
     if kind not in KINDS:
         raise SpecaeError(f"unknown posterior {kind!r} (use {', '.join(KINDS)})")
     mean, logvar = model.encode(x, ivar, z)
+    factor, cal = 1.0, getattr(model, "calibration", None)
+    if cal is not None:   # the weights of the calibrated error model (specae.errormodel)
+        ivar = ivar / cal.noise_scale ** 2
+        factor = cal.model_scale ** 2 * model.coverage(z, len(x)).float() ** -cal.coverage_power
     if logvar is None:   # the AE: a point estimate
         b, k = mean.shape
         return LatentPosterior(mean.float(), torch.zeros(b, k, k, dtype=torch.float64, device=mean.device), "point"), None
     if kind == "encoder":
         return LatentPosterior(mean.float(), torch.diag_embed(logvar.double().exp()), "encoder"), None
     if kind == "decoder":
-        post, at = laplace(model, x, ivar, z, mean, n_steps=30, damping=1e-3, tol=1e-6)
+        post, at = laplace(model, x, ivar, z, mean, n_steps=30, damping=1e-3, tol=1e-6, var_factor=factor)
         post.kind = "decoder"
         return post, at
-    return laplace(model, x, ivar, z, mean)
-
-
-def pixel_cov_factor(jac: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
-    """(B, npix, P) factor L with L L^T the posterior's part of the pixel covariance (rank P, the latents and
-    the amplitude), linearised: jac (P, B, npix), cov (B, P, P)."""
-    return torch.einsum("kbn,blk->bnl", jac.double(), spd_cholesky(cov)).float()
-
-
-def student_factor(n_draws: int) -> float:
-    """Variance factor for a predictive variance estimated from `n_draws` draws: (1 + 1/S) for the Monte
-    Carlo error of their mean, times the squared Student-t / normal ratio of the 1-sigma quantile for
-    S - 1 degrees of freedom, so a +-1 sigma band still holds 68 % with few draws."""
-    q = 0.5 + 0.5 * 0.682689492          # the normal's 1-sigma quantile is 1 by definition
-    return (1 + 1 / n_draws) * student_t.ppf(q, n_draws - 1) ** 2
-
-
-# The model's error is heavy-tailed: most pixels scatter about the prediction as the decoder says, a few
-# (a line's wings, a feature the latents cannot make) miss by much more. One Gaussian fitted to both is
-# too wide for the first: on the synthetic galaxies +-1 sigma then held 82 % of true values. b describes
-# the pixels the model follows; the outliers, like the pixels the local misfit test rejects, are left to
-# the misfit variance of the combination (specae.denoise).
-OUTLIER_SCALE = (1.0, 1e4)     # range of the outliers' variance factor c^2 over the core's
-OUTLIER_FRACTION = (1e-4, 0.5)
-# Where few training spectra cover a wavelength (the rest-frame ends of a redshift survey), the decoder's mean
-# is less constrained than its scatter, learned from those few, says: on the synthetic galaxies the pixels
-# covered by under a tenth of the training set held 46 % of true values inside +-1 sigma. The decoder part
-# grows there as f^-gamma (gamma = 1: the error of a mean from f N spectra).
-COVERAGE_POWER = (0.0, 2.0)
-
-
-def _mixture_fit(r2: np.ndarray, vn: np.ndarray, vm: np.ndarray, log_f: np.ndarray | None):
-    """Maximum likelihood of r2 ~ (1 - eps) N(0, vn + s^2 f^-gamma vm) + eps N(0, vn + c^2 s^2 f^-gamma vm) (squared
-    residuals, flat float64 arrays): returns (s, gamma, mean negative log-likelihood per pixel); gamma = 0
-    without log f."""
-    power = COVERAGE_POWER if log_f is not None else (0.0, 0.0)
-    log_f = np.zeros_like(vm) if log_f is None else log_f
-
-    def nll(p):
-        logs2, gamma, logc2, eps = p
-        v = np.exp(logs2 - gamma * log_f) * vm
-        core, wide = vn + v, vn + np.exp(logc2) * v
-        return -np.mean(np.logaddexp(np.log1p(-eps) - 0.5 * (r2 / core + np.log(core)),
-                                     np.log(eps) - 0.5 * (r2 / wide + np.log(wide))))
-
-    lo, hi = 2 * np.log(FACTOR_RANGE[0]), 2 * np.log(FACTOR_RANGE[1])
-    gauss = minimize_scalar(lambda t: nll((t, 0.0, 0.0, OUTLIER_FRACTION[0])), bounds=(lo, hi), method="bounded").x
-    fit = minimize(nll, [gauss, 0.0, np.log(10.0), 0.05], method="L-BFGS-B",
-                   bounds=[(lo, hi), power, tuple(np.log(OUTLIER_SCALE)), OUTLIER_FRACTION])
-    return float(np.exp(0.5 * fit.x[0])), float(fit.x[1]), float(fit.fun)
-
-
-def model_scale(x: np.ndarray, ivar: np.ndarray, mean: np.ndarray, var_model: np.ndarray,
-                var_other: np.ndarray | float = 0.0, coverage: np.ndarray | None = None) -> tuple[float, float]:
-    """Factor b of the decoder scatter on the pixels the model follows and the power gamma of its growth
-    where the training coverage f (0 < f <= 1) is thin, by maximum likelihood of the residuals
-    x - mean ~ (1 - eps) N(0, v + b^2 f^-gamma var_model) + eps N(0, v + c^2 b^2 f^-gamma var_model), with
-    v = 1/ivar + var_other and a fraction eps of outliers c^2 times wider; arrays (N, npix) or flat arrays
-    of selected pixels. Without `coverage`, gamma = 0; without outliers b is the Gaussian maximum-likelihood b.
-    Returns (b, gamma).
-    """
-    valid = (ivar > 0) & np.isfinite(var_model)
-    if not valid.any():
-        return 1.0, 0.0
-    other = np.broadcast_to(var_other, np.shape(x))[valid]
-    r2, vm = (x - mean)[valid].astype(np.float64) ** 2, var_model[valid].astype(np.float64)
-    vn = 1 / ivar[valid].astype(np.float64) + other
-    log_f = None if coverage is None else np.log(np.broadcast_to(coverage, np.shape(x))[valid])
-    b, gamma, _ = _mixture_fit(r2, vn, vm, log_f)
-    return b, gamma
-
-
-def predictive_scale(r2: np.ndarray, noise: np.ndarray, var: np.ndarray) -> tuple[float, float]:
-    """Factor c on the variance `var` of held-out predictions whose squared residuals to the measurement are r2
-    (measurement variance `noise`; flat arrays), by the same two-component mixture as `model_scale`; returns
-    (c, mean negative log-likelihood per pixel at c), the latter to compare predictions of the same pixels."""
-    if r2.size == 0:
-        return 1.0, 0.0
-    c, _, nll = _mixture_fit(r2.astype(np.float64), noise.astype(np.float64), var.astype(np.float64), None)
-    return c, nll
-
-
-def latent_scale(err: np.ndarray, var_latent: np.ndarray) -> float:
-    """Factor a with err ~ N(0, a^2 var_latent), errors against a known truth; arrays (N, npix).
-
-    Estimated from the median of |err| / sigma (0.6745 for a unit normal), so the +-1 sigma band holds
-    68 % of the pixels even when the error distribution has heavier tails than a Gaussian.
-    """
-    ok = np.isfinite(var_latent) & (var_latent > 0)
-    if not ok.any():
-        return 1.0
-    return float(np.clip(np.median(np.abs(err[ok]) / np.sqrt(var_latent[ok])) / 0.6745, *FACTOR_RANGE))
+    return laplace(model, x, ivar, z, mean, var_factor=factor)

@@ -14,6 +14,20 @@ def shared_dir(name: str) -> Path:
     return d
 
 
+def fit_calibrated(*args, **kw):
+    """specae.train.fit, then the error model calibrated on the run's validation spectra and the model saved with
+    it, as `specae train` does."""
+    from specae.calibration import fit_calibration
+    from specae.models.checkpoint import save_model
+    from specae.train import fit
+
+    model, history = fit(*args, **kw)
+    fit_calibration(model, history.pop("validation"))
+    if kw.get("out_dir"):
+        save_model(model, kw["out_dir"], history)
+    return model, history
+
+
 @pytest.fixture
 def small_spectra():
     from specae.data.resample import loglam_grid

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-import specae.denoise
 from specae.cli import main
 from specae.data.hdf5 import read_h5, write_h5
 from specae.data.resample import loglam_grid
@@ -77,7 +76,7 @@ def inputs_untouched(files):
 
 def test_train_writes_a_model_directory(vae_model):
     names = {p.name for p in vae_model.iterdir()}
-    assert {"config.json", "weights.pt", "history.json"} <= names
+    assert {"config.json", "weights.pt", "history.json", "calibration.json"} <= names
     assert not [n for n in names if n.endswith(".tmp")]
     cfg = json.loads((vae_model / "config.json").read_text())
     assert cfg["kind"] == "vae" and cfg["latent_dim"] == 3 and cfg["npix"] == WAVE.size
@@ -100,7 +99,7 @@ def test_train_reports_one_summary_line(files, tmp_path, capsys):
 
 def test_denoise_writes_flux_sigma_ids_labels(files, vae_model, tmp_path, capsys):
     out = tmp_path / "den.h5"
-    code, stdout, _ = run(capsys, "denoise", vae_model, files["stars"], "-o", out, "--samples", "4")
+    code, stdout, _ = run(capsys, "denoise", vae_model, files["stars"], "-o", out)
     assert code == 0 and "denoised 30 spectra" in stdout
     src, res = read_h5(files["stars"]), read_h5(out)
     np.testing.assert_array_equal(res.wave, src.wave)
@@ -175,7 +174,7 @@ def test_ae_model(files, tmp_path, capsys):
     assert run(capsys, "encode", model, files["stars"], "-o", tmp_path / "z.h5")[0] == 0
     with h5py.File(tmp_path / "z.h5") as f:
         assert f["z_mean"].shape == (30, 3) and np.all(f["z_std"][()] == 0)
-    assert run(capsys, "denoise", model, files["stars"], "-o", tmp_path / "d.h5", "--samples", "4")[0] == 0
+    assert run(capsys, "denoise", model, files["stars"], "-o", tmp_path / "d.h5")[0] == 0
     with h5py.File(tmp_path / "d.h5") as f:
         assert np.isfinite(f["flux_sigma"][()]).all() and (f["flux_sigma"][()] > 0).all()
 
@@ -187,7 +186,7 @@ def test_redshift_model(files, tmp_path, capsys):
     assert code == 0
     cfg = json.loads((model / "config.json").read_text())
     assert cfg["redshift"] == "Z" and cfg["rest_npix"] > WAVE.size
-    assert run(capsys, "denoise", model, files["gal"], "-o", tmp_path / "d.h5", "--samples", "4")[0] == 0
+    assert run(capsys, "denoise", model, files["gal"], "-o", tmp_path / "d.h5")[0] == 0
     assert np.isfinite(read_h5(tmp_path / "d.h5").flux).all()
     for cmd in ("denoise", "encode"):
         out = tmp_path / f"noz_{cmd}.h5"
@@ -294,7 +293,7 @@ def test_data_not_covering_the_model_grid_is_exit_2(files, vae_model, tmp_path, 
 
 def test_data_covering_the_model_grid_are_resampled_onto_it(files, vae_model, tmp_path, capsys):
     out = tmp_path / "out.h5"
-    code, _, err = run(capsys, "denoise", vae_model, files["finer_grid"], "-o", out, "--samples", "2")
+    code, _, err = run(capsys, "denoise", vae_model, files["finer_grid"], "-o", out)
     assert code == 0 and "specae: warning: spectra resampled" in err
     res = read_h5(out)
     np.testing.assert_allclose(res.wave, WAVE, rtol=1e-12)
@@ -302,7 +301,7 @@ def test_data_covering_the_model_grid_are_resampled_onto_it(files, vae_model, tm
 
 
 def test_output_directory_missing(files, vae_model, tmp_path, capsys):
-    code, _, err = run(capsys, "denoise", vae_model, files["stars"], "-o", tmp_path / "no" / "out.h5", "--samples", "2")
+    code, _, err = run(capsys, "denoise", vae_model, files["stars"], "-o", tmp_path / "no" / "out.h5")
     assert code == 2 and one_error_line(err)
 
 
@@ -346,34 +345,48 @@ def test_demo_with_a_tiny_budget(tmp_path, capsys, monkeypatch):
     assert not (out / "data").exists()   # the bundled set was used, not regenerated
 
 
-def test_denoise_combines_with_the_data_unless_told_not_to(files, vae_model, tmp_path, capsys, monkeypatch):
-    a, b, c = tmp_path / "combined.h5", tmp_path / "alone.h5", tmp_path / "unscaled.h5"
-    assert run(capsys, "denoise", vae_model, files["stars"], "-o", a)[0] == 0
-    assert run(capsys, "denoise", vae_model, files["stars"], "-o", b, "--no-combine")[0] == 0
-    with monkeypatch.context() as m:   # each spectrum's own model-variance scale held at 1, masked pixels not moved,
-        m.setattr(specae.denoise, "spectrum_scale", lambda *args, **kw: 1.0)   # no smooth model error
-        m.setattr(specae.denoise, "running_median", lambda t, *args, **kw: torch.zeros_like(t))
-        m.setattr(specae.denoise, "inpaint_offset", lambda x, *args, **kw: (torch.zeros_like(x), torch.zeros_like(x)))
-        assert run(capsys, "denoise", vae_model, files["stars"], "-o", c)[0] == 0
-    ca, cb = read_h5(a), read_h5(b)
-    with h5py.File(a) as fa, h5py.File(b) as fb, h5py.File(c) as fc:
-        sa, sb, sc = fa["flux_sigma"][()], fb["flux_sigma"][()], fc["flux_sigma"][()]
-        assert "model alone" in fb.attrs["source"] and "model alone" not in fa.attrs["source"]
+def test_denoise_writes_a_pixel_covariance_that_gives_back_each_sigma(files, vae_model, tmp_path, capsys):
+    from specae.denoise import PixelCovariance
+
+    out = tmp_path / "cov.h5"
+    assert run(capsys, "denoise", vae_model, files["stars"], "-o", out, "--pixel-covariance")[0] == 0
+    with h5py.File(out) as f:
+        sigma = f["flux_sigma"][()]
+        cov = PixelCovariance(f["flux_cov_factor"][()], f["flux_cov_diag"][()], f["flux_cov_band"][()],
+                              f["flux_cov_pivots"][()], float(f["flux_cov_off"][0]))
+    assert cov.factor.shape == (30, WAVE.size, 4)                 # 3 latents and the amplitude
+    for pixel in (0, 50, WAVE.size - 1):
+        one = np.zeros_like(sigma)
+        one[:, pixel] = 1
+        np.testing.assert_allclose(np.sqrt(cov.sum_variance(one)), sigma[:, pixel], rtol=1e-3)
+    # neighbouring pixels' errors are correlated: a sum of 20 has more variance than its pixels' alone
+    band = np.zeros_like(sigma)
+    band[:, 40:60] = 1
+    assert np.all(cov.sum_variance(band) > (sigma[:, 40:60].astype(np.float64) ** 2).sum(1))
+
+
+def test_calibrate_refits_the_error_model_on_other_spectra_without_retraining(files, vae_model, tmp_path, capsys):
     src = read_h5(files["stars"])
-    measured = ~src.mask
-    # the combination leans towards each measured pixel and is more precise than the measurement there, and
-    # than the model alone except where the spectrum's residuals or the pixel's neighbours widen the model
-    # variance (this tiny model fits poorly); inpainted pixels move from the model's values only with their
-    # neighbours' residuals: the smooth part of the model error and where the neighbours show the model off (the
-    # gain from that is in test_quality, on real spectra; here it is a wash)
-    noise = 1 / np.sqrt(src.ivar[measured])
-    assert np.all(sa[measured] <= noise * (1 + 1e-5)) and np.any(sa[measured] < 0.99 * sb[measured])
-    assert np.mean(sc[measured] <= sb[measured] * (1 + 1e-6)) > 0.95   # this tiny model misses a few lines
-    assert not np.allclose(sa, sc)                                     # ... and its spectra's scales differ
-    cc = read_h5(c)
-    np.testing.assert_allclose(cc.flux[~measured], cb.flux[~measured], rtol=1e-5, atol=1e-6)
-    moved = ~measured & ~np.isclose(ca.flux, cb.flux, rtol=1e-5, atol=1e-6)
-    truth = stellar_spectra(30, seed=1, wave=WAVE).flux
-    assert moved.any()
-    assert np.mean(np.abs(ca.flux - truth)[~measured]) < 1.02 * np.mean(np.abs(cb.flux - truth)[~measured])
-    assert np.mean(np.abs(ca.flux - src.flux)[measured]) < np.mean(np.abs(cb.flux - src.flux)[measured])
+    loud = tmp_path / "loud.h5"                                   # a survey whose stated noise is 20 % too small
+    write_h5(Spectra(src.wave, src.flux, src.ivar * 1.25 ** 2, src.mask, src.labels, src.ids), loud)
+    before = {p.name: p.read_bytes() for p in vae_model.iterdir()}
+    new, same = tmp_path / "recal", tmp_path / "same"
+    code, out, _ = run(capsys, "calibrate", vae_model, loud, "-o", new)
+    assert code == 0 and "of 30 spectra" in out and "noise_scale" in out
+    assert run(capsys, "calibrate", vae_model, files["stars"], "-o", same)[0] == 0
+    assert {p.name: p.read_bytes() for p in vae_model.iterdir()} == before   # the trained model is untouched
+    new_cal, same_cal = (json.loads((d / "calibration.json").read_text()) for d in (new, same))
+    # the same spectra with their noise stated 1.25 times too small: the fitted noise scale says so
+    assert new_cal["noise_scale"] / same_cal["noise_scale"] == pytest.approx(1.25, rel=0.03)
+    assert (new / "weights.pt").is_file() and (new / "config.json").read_bytes() == before["config.json"]
+    assert run(capsys, "denoise", new, loud, "-o", tmp_path / "d.h5")[0] == 0
+
+
+def test_a_model_without_a_calibration_is_refused_with_the_fix(files, vae_model, tmp_path, capsys):
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("config.json", "weights.pt"):
+        (old / name).write_bytes((vae_model / name).read_bytes())
+    code, _, err = run(capsys, "denoise", old, files["stars"], "-o", tmp_path / "d.h5")
+    assert code == 2 and one_error_line(err) and "specae calibrate" in err
+    assert not (tmp_path / "d.h5").exists()

@@ -24,6 +24,7 @@ from specae.data.synthetic import add_noise, stellar_spectra
 from specae.errors import SpecaeError
 from specae.models import ModelConfig, load_model
 from specae.train import TrainConfig, VAEObjective, build_model, fit
+from tests.conftest import fit_calibrated
 
 WAVE = loglam_grid(4000, 6000, 1e-3)   # 177 pixels
 SMALL = dict(latent_dim=3, dec_hidden=(16, 32), enc_channels=(8, 8, 8), enc_hidden=32, enc_pca=4)
@@ -160,7 +161,7 @@ def test_resume_after_a_finished_run_continues_from_its_last_epoch(stars, tmp_pa
     for k, v in state["modules"]["model"].items():        # the last epoch's weights, not the best epoch's
         assert torch.equal(seen["weights"][k], v), k
     best = torch.load(out / "weights.pt", weights_only=True)["state"]
-    assert any(not torch.equal(best[k], v) for k, v in state["modules"]["model"].items() if k != "sigma_scale")
+    assert any(not torch.equal(best[k], v) for k, v in state["modules"]["model"].items())
     assert resumed["best_epoch"] == 0 and resumed["best_val_chi2_dof"] == 0.5   # the best is remembered
 
 
@@ -320,7 +321,7 @@ def test_streamed_training_never_holds_more_than_a_few_blocks(tmp_path, reads):
             f.create_dataset(name, data=getattr(noisy, name), chunks=(100, WAVE.size))
     cfg = TrainConfig(epochs=3, batch_size=32, progress=False, num_workers=0, init_rows=300, calib_rows=200)
     with pytest.warns(UserWarning, match="specae_format"):
-        model, history = fit(str(path), model_cfg=small_cfg(), cfg=cfg)
+        model, history = fit_calibrated(str(path), model_cfg=small_cfg(), cfg=cfg)
     # never more than one 100-row block read at a time, and rows are shuffled across at most 4 blocks:
     # the file is 7.5 times what the process ever holds of it
     assert max(reads) == 100 and sum(reads) >= 3 * 2700
@@ -335,7 +336,7 @@ def test_streamed_training_never_holds_more_than_a_few_blocks(tmp_path, reads):
 
 def test_batch_job_over_many_files_skips_complete_outputs(stars, tmp_path, capsys):
     model = tmp_path / "model"
-    fit(stars, model_cfg=small_cfg(), cfg=TrainConfig(epochs=1, batch_size=16, progress=False), out_dir=model)
+    fit_calibrated(stars, model_cfg=small_cfg(), cfg=TrainConfig(epochs=1, batch_size=16, progress=False), out_dir=model)
     survey = tmp_path / "survey"
     survey.mkdir()
     for i in range(3):
@@ -357,7 +358,7 @@ def test_denoise_killed_leaves_no_output(stars, tmp_path):
     big = tmp_path / "big.h5"
     write_h5(add_noise(stellar_spectra(20000, seed=11, wave=WAVE), seed=12), big)
     model = tmp_path / "model"
-    fit(stars, model_cfg=small_cfg(), cfg=TrainConfig(epochs=1, batch_size=16, progress=False), out_dir=model)
+    fit_calibrated(stars, model_cfg=small_cfg(), cfg=TrainConfig(epochs=1, batch_size=16, progress=False), out_dir=model)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         outdir = tmp_path / f"out{int(sig)}"
         outdir.mkdir()
@@ -384,7 +385,7 @@ def test_loading_a_malicious_pickle_never_runs_it(stars, tmp_path):
             return (os.system, (f"touch {marker}",))
 
     model = tmp_path / "model"
-    fit(stars, model_cfg=small_cfg(), cfg=TrainConfig(epochs=1, batch_size=16, progress=False), out_dir=model)
+    fit_calibrated(stars, model_cfg=small_cfg(), cfg=TrainConfig(epochs=1, batch_size=16, progress=False), out_dir=model)
     for name in ("weights.pt", "train_state.pt"):
         evil = tmp_path / f"evil_{name}"
         evil.mkdir()
@@ -407,7 +408,7 @@ def test_output_write_failures_are_one_line_errors(stars, tmp_path, capsys, monk
     import errno
 
     model = tmp_path / "model"
-    fit(stars, model_cfg=small_cfg(), cfg=TrainConfig(epochs=1, batch_size=16, progress=False), out_dir=model)
+    fit_calibrated(stars, model_cfg=small_cfg(), cfg=TrainConfig(epochs=1, batch_size=16, progress=False), out_dir=model)
     data = tmp_path / "s.h5"
     write_h5(stars[:5], data)
     real = os.replace

@@ -25,8 +25,8 @@ from specae.latent import (LatentDensity, arithmetic, decode, directions, interp
                            save_directions, slerp, traverse)
 from specae.models import save_model
 from specae.models.config import ModelConfig
-from specae.train import TrainConfig, fit
-from tests.conftest import SHARED, shared_dir
+from specae.train import TrainConfig
+from tests.conftest import SHARED, fit_calibrated, shared_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,7 +38,7 @@ TINY = dict(latent_dim=4, dec_hidden=(32, 128), enc_channels=(8, 8, 8), enc_hidd
 def train_tiny(spectra: Spectra, epochs: int = 30) -> dict:
     torch.manual_seed(0)
     tr, va = spectra.split((0.85, 0.15), seed=0)
-    model, history = fit(tr, va, ModelConfig(npix=spectra.npix, **TINY),
+    model, history = fit_calibrated(tr, va, ModelConfig(npix=spectra.npix, **TINY),
                          TrainConfig(epochs=epochs, batch_size=32, lr=2e-3, progress=False))
     return {"model": model, "history": history, "train_latents": encode(model, spectra)}
 

@@ -18,7 +18,9 @@ from specae.data.resample import loglam_grid
 from specae.data.spectra import Spectra
 from specae.data.synthetic import add_noise, galaxy_spectra, stellar_spectra
 from specae.data.tensors import Batch
-from specae.denoise import denoise, encode, heldout, model_input
+from specae.calibration import Calibration, fit_calibration, model_input, model_terms
+from specae.denoise import denoise, encode, heldout
+from specae.errormodel import solve
 from specae.errors import SpecaeError
 from specae.models import ModelConfig, SpectrumVAE, load_model, save_model
 from specae.models.vae import chi2, gaussian_nll, kl_normal
@@ -54,7 +56,15 @@ def trained(stars, tmp_path_factory):
     """One 2-epoch run with a checkpoint directory; tests that modify the directory work on a copy."""
     out = tmp_path_factory.mktemp("run") / "model"
     model, history = fit(stars, model_cfg=small_cfg(), cfg=tcfg(), out_dir=out)
-    return model, history, out
+    return calibrated(model, history, out), history, out
+
+
+def calibrated(model, history, out=None):
+    """The model with its error model fitted on the run's validation spectra (as `specae train` does), saved."""
+    fit_calibration(model, history.pop("validation"))
+    if out is not None:
+        save_model(model, out, history)
+    return model
 
 
 def copy_run(trained, tmp_path):
@@ -279,7 +289,7 @@ def test_load_model_round_trip_gives_identical_denoising(trained, stars):
     model, _, out = trained
     loaded = load_model(out)
     assert not loaded.training and loaded.cfg == model.cfg
-    a, b = denoise(model, stars[:6], n_samples=8), denoise(loaded, stars[:6], n_samples=8)
+    a, b = denoise(model, stars[:6]), denoise(loaded, stars[:6])
     np.testing.assert_array_equal(a.flux, b.flux)
     np.testing.assert_array_equal(a.sigma, b.sigma)
     la, lb = encode(model, stars[:6]), encode(loaded, stars[:6])
@@ -287,29 +297,29 @@ def test_load_model_round_trip_gives_identical_denoising(trained, stars):
     np.testing.assert_array_equal(la.cov, lb.cov)
     # and once more through save_model into a fresh directory
     save_model(loaded, out.parent / "copy")
-    c = denoise(load_model(out.parent / "copy"), stars[:6], n_samples=8)
+    c = denoise(load_model(out.parent / "copy"), stars[:6])
     np.testing.assert_array_equal(a.flux, c.flux)
 
 
-def test_checkpoint_written_before_the_coverage_power_loads_without_it(trained, stars, tmp_path):
-    # checkpoints from before the coverage power held three sigma factors: they load with gamma = 0 (and no
-    # smooth model error, rho = 0, nor a factor on the combination's model variance, c = 1)
-    model, _, _ = trained
+def test_checkpoint_written_before_the_error_model_loads_and_asks_for_a_calibration(trained, stars, tmp_path):
+    # checkpoints from before the error model kept sigma factors in the weights: they load, and denoising asks
+    # for a calibration instead of guessing one; an interrupted run of that time resumes
     out = copy_run(trained, tmp_path)
+    (out / "calibration.json").unlink()
     blob = torch.load(out / "weights.pt", weights_only=True)
-    blob["state"]["sigma_scale"] = blob["state"]["sigma_scale"][:3]
+    blob["state"]["sigma_scale"] = torch.tensor([1.0, 1.0, 0.5])
     torch.save(blob, out / "weights.pt")
     loaded = load_model(out)
-    assert loaded.sigma_scale.tolist() == pytest.approx(model.sigma_scale[:3].tolist() + [0.0, 0.0, 1.0, 1.0])
-    with torch.no_grad():
-        loaded.sigma_scale[3:] = model.sigma_scale[3:]
-    np.testing.assert_array_equal(denoise(loaded, stars[:4]).sigma, denoise(model, stars[:4]).sigma)
-    # and an interrupted run of that time resumes
+    assert loaded.calibration is None
+    with pytest.raises(SpecaeError, match="specae calibrate"):
+        denoise(loaded, stars[:4])
+    loaded.calibration = trained[0].calibration
+    np.testing.assert_array_equal(denoise(loaded, stars[:4]).sigma, denoise(trained[0], stars[:4]).sigma)
     state = torch.load(out / "train_state.pt", weights_only=True)
-    state["modules"]["model"]["sigma_scale"] = state["modules"]["model"]["sigma_scale"][:3]
+    state["modules"]["model"]["sigma_scale"] = torch.tensor([1.0, 1.0, 0.5])
     torch.save(state, out / "train_state.pt")
     _, history = fit(stars, model_cfg=small_cfg(), cfg=tcfg(epochs=3), out_dir=out, resume=True)
-    assert history["epoch"] == [0, 1, 2] and len(history["sigma_scale"]) == 7
+    assert history["epoch"] == [0, 1, 2]
 
 
 def test_resume_continues_the_run(trained, stars, tmp_path):
@@ -362,8 +372,7 @@ def test_early_stopping_restores_the_best_weights(stars, monkeypatch, start_is_b
     assert history["best_epoch"] == (-1 if start_is_best else 0)
     best = snapshots[0 if start_is_best else 1]   # the start's evaluation, or epoch 0's
     for k, v in model.state_dict().items():
-        if k != "sigma_scale":   # calibrated after the best weights are restored
-            assert torch.equal(v, best[k]), k
+        assert torch.equal(v, best[k]), k
 
 
 def nan_nll(x, ivar, mu, sigma, beta=0.0):
@@ -378,17 +387,17 @@ def test_nonfinite_loss_raises_diverged(stars, monkeypatch):
 
 def test_divergence_keeps_the_earlier_good_checkpoint(stars, tmp_path, monkeypatch):
     out = tmp_path / "model"
-    fit(stars, model_cfg=small_cfg(), cfg=tcfg(epochs=1), out_dir=out)
+    calibrated(*fit(stars, model_cfg=small_cfg(), cfg=tcfg(epochs=1), out_dir=out), out)
     model_files = ("config.json", "weights.pt")
     before = {name: (out / name).read_bytes() for name in model_files}
-    good = denoise(load_model(out), stars[:4], n_samples=4)
+    good = denoise(load_model(out), stars[:4])
     monkeypatch.setattr(specae.train, "gaussian_nll", nan_nll)
     with pytest.raises(SpecaeError, match="diverged") as err:
         fit(stars, model_cfg=small_cfg(), cfg=tcfg(epochs=20, max_bad_steps=4), out_dir=out, resume=True)
     assert str(out) in str(err.value)
     assert {name: (out / name).read_bytes() for name in model_files} == before
     assert not list(out.glob(".*.tmp"))
-    again = denoise(load_model(out), stars[:4], n_samples=4)
+    again = denoise(load_model(out), stars[:4])
     np.testing.assert_array_equal(again.flux, good.flux)
     assert np.isfinite(again.flux).all() and np.isfinite(again.sigma).all()
 
@@ -441,13 +450,10 @@ def test_seen_holds_the_training_coverage_and_the_decoder_variance_grows_where_i
     f = model.coverage(None, 2)
     assert f.shape == (2, s.npix) and torch.all(f[:, :5] == f[:, 5:].min())      # floored, finite
     b, _, _ = model_input(model, s[:2])
-    from specae.denoise import predict_batch
-    with torch.no_grad():
-        model.sigma_scale.copy_(torch.tensor([1.0, 1.0, 0.5, 0.0, 0.0, 1.0, 1.0]))
-        flat = predict_batch(model, b, combine=False)["var_model"]
-        model.sigma_scale[3] = 1.0
-        grown = predict_batch(model, b, combine=False)["var_model"]
-    np.testing.assert_allclose((grown / flat).numpy(), (1 / f).numpy(), rtol=1e-5)
+    flat, grown = (Calibration(model_scale=0.5, coverage_power=gamma) for gamma in (0.0, 1.0))
+    white = [solve(model_terms(model, b, cal), cal)["white"] for cal in (flat, grown)]
+    # (the weights differ, so the posterior mode, where the decoder's variance is read, moves a little)
+    np.testing.assert_allclose((white[1] / white[0]).numpy(), (1 / f).double().numpy(), rtol=2e-3)
 
 
 def test_ae_has_point_posterior_and_decoder_sigma(stars):
@@ -455,15 +461,19 @@ def test_ae_has_point_posterior_and_decoder_sigma(stars):
     s = stars[:5]
     lat = encode(model, s)
     assert lat.mean.shape == lat.std.shape == (5, 3) and np.all(lat.std == 0) and lat.kind == "point"
-    d = denoise(model, s, n_samples=16)
-    assert np.all(d.sigma_latent == 0)
+    model.calibration = Calibration()
+    d = denoise(model, s, covariance=True)
+    assert d.covariance.factor.shape == (5, s.npix, 0)           # no latent uncertainty
     b, scale, _ = model_input(model, s)
     with torch.no_grad():
         mean, logvar = model.encode(b.x, b.ivar)
         mu, sig = model.decode(mean)
     assert logvar is None
-    np.testing.assert_allclose(d.sigma, sig.numpy() * scale[:, None], rtol=1e-5)
-    np.testing.assert_allclose(d.flux, mu.numpy() * scale[:, None], rtol=1e-5)
+    # each pixel: the decoder's prediction and the measurement averaged by their precisions; inpainted: the decoder's
+    mu, v, x, ivar = mu.double().numpy(), sig.double().numpy() ** 2, b.x.double().numpy(), b.ivar.double().numpy()
+    k = np.where(ivar > 0, v * ivar / (1 + v * ivar), 0)
+    np.testing.assert_allclose(d.flux, (mu + k * (x - mu)) * scale[:, None], rtol=1e-4)
+    np.testing.assert_allclose(d.sigma, np.sqrt(v * (1 - k)) * scale[:, None], rtol=1e-4)
 
 
 def test_ae_trains(stars):
@@ -483,12 +493,12 @@ def test_denoise_is_finite_everywhere_including_masked_and_empty_spectra(trained
     s.mask[2, 20:90] = True              # a large masked chunk
     s.ivar[2, 20:90] = 0
     s = Spectra(s.wave, s.flux, s.ivar, s.mask, s.labels, s.ids)
-    d = denoise(model, s, n_samples=8)
-    assert d.flux.shape == d.sigma.shape == d.sigma_latent.shape == (4, WAVE.size)
+    d = denoise(model, s)
+    assert d.flux.shape == d.sigma.shape == d.sigma_core.shape == (4, WAVE.size)
     np.testing.assert_array_equal(d.wave, s.wave)
-    for a in (d.flux, d.sigma, d.sigma_latent):
+    for a in (d.flux, d.sigma, d.sigma_core):
         assert np.isfinite(a).all()
-    assert (d.sigma > 0).all() and (d.sigma >= d.sigma_latent).all()
+    assert (d.sigma > 0).all() and (d.sigma >= d.sigma_core * (1 - 1e-6)).all()
     lat = encode(model, s)
     assert np.isfinite(lat.mean).all() and np.isfinite(lat.std).all() and (lat.std > 0).all()
     # with no data, the posterior falls back to the prior N(0, I): wider than for a good spectrum
@@ -499,7 +509,7 @@ def test_denoise_is_finite_everywhere_including_masked_and_empty_spectra(trained
 def test_denoise_of_zero_spectra_gives_empty_output(trained):
     model = trained[0]
     none = Spectra(WAVE, np.zeros((0, WAVE.size)), np.zeros((0, WAVE.size)))
-    d = denoise(model, none, n_samples=4)
+    d = denoise(model, none)
     assert d.flux.shape == d.sigma.shape == (0, WAVE.size)
     lat = encode(model, none)
     assert lat.mean.shape == lat.std.shape == (0, 3) and lat.cov.shape == (0, 3, 3)
@@ -511,33 +521,27 @@ def test_denoise_undoes_the_normalisation(trained, stars, factor):
     model = trained[0]
     s = stars[:5]
     scaled = Spectra(s.wave, s.flux * factor, s.ivar / factor**2, s.mask, s.labels, s.ids)
-    a, b = denoise(model, s, n_samples=8), denoise(model, scaled, n_samples=8)
+    a, b = denoise(model, s), denoise(model, scaled)
     # the Gauss-Newton refinement is an optimiser: float rounding may accept a step in one case only
     np.testing.assert_allclose(b.flux, factor * a.flux, rtol=2e-3, atol=1e-6 * factor)
     np.testing.assert_allclose(b.sigma, factor * a.sigma, rtol=2e-3, atol=1e-6 * factor)
-    np.testing.assert_allclose(b.sigma_latent, factor * a.sigma_latent, rtol=2e-3, atol=1e-5 * factor)
     za, zb = encode(model, s, posterior="encoder"), encode(model, scaled, posterior="encoder")
     np.testing.assert_allclose(za.mean, zb.mean, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(za.cov, zb.cov, rtol=1e-4, atol=1e-8)
 
 
-@pytest.mark.parametrize("posterior", ["laplace", "encoder"])
-def test_denoise_is_reproducible_seeded_and_independent_of_the_batch_split(trained, stars, posterior):
+@pytest.mark.parametrize("posterior", ["laplace", "decoder"])
+def test_denoise_is_reproducible_and_independent_of_the_batch_split(trained, stars, posterior):
     model = trained[0]
-    a, b = denoise(model, stars[:6], n_samples=8, posterior=posterior), denoise(model, stars[:6], n_samples=8,
-                                                                                 posterior=posterior)
+    a, b = denoise(model, stars[:6], posterior=posterior), denoise(model, stars[:6], posterior=posterior)
     np.testing.assert_array_equal(a.flux, b.flux)
     np.testing.assert_array_equal(a.sigma, b.sigma)
-    c = denoise(model, stars[:6], n_samples=8, seed=1, posterior=posterior)
-    if posterior == "encoder":   # draws: another seed, other draws
-        assert not np.array_equal(a.sigma_latent, c.sigma_latent)
-    else:                        # propagated exactly: nothing random
-        np.testing.assert_array_equal(a.sigma_latent, c.sigma_latent)
-    if posterior == "laplace":   # each spectrum on its own: the batch split changes nothing
-        for rows in (1, 4):
-            d = denoise(model, stars[:6], batch_size=rows)
-            np.testing.assert_allclose(d.flux, a.flux, rtol=1e-4, atol=1e-6)   # float32 BLAS blocking
-            np.testing.assert_allclose(d.sigma, a.sigma, rtol=1e-4, atol=1e-6)
+    for rows in (1, 4):                  # each spectrum on its own: the batch split changes nothing
+        d = denoise(model, stars[:6], batch_size=rows, posterior=posterior)
+        np.testing.assert_allclose(d.flux, a.flux, rtol=1e-4, atol=1e-6)   # float32 BLAS blocking
+        np.testing.assert_allclose(d.sigma, a.sigma, rtol=1e-4, atol=1e-6)
+    with pytest.raises(SpecaeError, match="laplace or decoder"):
+        denoise(model, stars[:2], posterior="encoder")
 
 
 def test_heldout_predicts_each_valid_pixel_without_its_own_measurement(trained, stars, monkeypatch):
@@ -549,7 +553,7 @@ def test_heldout_predicts_each_valid_pixel_without_its_own_measurement(trained, 
     valid = s.ivar > 0
     np.testing.assert_array_equal(np.isfinite(h.z), valid)
     np.testing.assert_array_equal(h.n, valid.sum(1))
-    noise_var = 1 / np.where(valid, s.ivar, 1)
+    noise_var = model.calibration.noise_scale ** 2 / np.where(valid, s.ivar, 1)
     np.testing.assert_allclose(h.z[valid], ((s.flux - h.flux) / np.sqrt(h.sigma ** 2 + noise_var))[valid], rtol=1e-6)
     np.testing.assert_allclose(h.chi2_dof(), np.nanmean(h.z ** 2, 1), rtol=1e-6)
     np.testing.assert_allclose(h.within(2), (valid & (np.abs(np.nan_to_num(h.z)) < 2)).sum(1) / valid.sum(1))
@@ -559,7 +563,7 @@ def test_heldout_predicts_each_valid_pixel_without_its_own_measurement(trained, 
     moved.flux[0, j] += 5.0
     h2 = heldout(model, moved, passes=4)
     assert h2.flux[0, j] == pytest.approx(h.flux[0, j], rel=1e-5)
-    assert h2.z[0, j] == pytest.approx(h.z[0, j] + 5.0 / np.sqrt(h.sigma[0, j] ** 2 + 1 / s.ivar[0, j]), rel=1e-4)
+    assert h2.z[0, j] == pytest.approx(h.z[0, j] + 5.0 / np.sqrt(h.sigma[0, j] ** 2 + noise_var[0, j]), rel=1e-4)
     # a sigma ten times too wide puts nearly everything inside +-1 sigma, and the chi2 falls
     import specae.denoise as dn
     plain = dn.denoise
@@ -596,8 +600,9 @@ def test_data_on_another_grid_are_resampled_when_they_cover_the_model_else_refus
 def test_redshift_model_needs_its_label(tmp_path):
     gal = add_noise(galaxy_spectra(30, seed=3, wave=WAVE), seed=4)
     model, history = fit(gal, model_cfg=small_cfg(redshift="Z"), cfg=tcfg(epochs=1), out_dir=tmp_path / "m")
+    model = calibrated(model, history, tmp_path / "m")
     assert model.cfg.redshift == "Z" and model.cfg.rest_npix > WAVE.size
-    d = denoise(load_model(tmp_path / "m"), gal[:3], n_samples=4)
+    d = denoise(load_model(tmp_path / "m"), gal[:3])
     assert d.flux.shape == (3, WAVE.size) and np.isfinite(d.flux).all() and np.isfinite(d.sigma).all()
     bare = Spectra(gal.wave, gal.flux[:3], gal.ivar[:3])
     with pytest.raises(SpecaeError, match="'Z'"):

@@ -215,7 +215,7 @@ def _plot_denoised(args) -> None:
         if truth.shape != spectra.flux.shape:
             raise SpecaeError(f"{args.truth}: its spectra are not on the model's grid ({truth.shape[1]} pixels, "
                               f"the model has {spectra.npix})")
-    d = denoise(model, spectra, posterior=args.posterior, combine=args.combine)
+    d = denoise(model, spectra, posterior=args.posterior)
     plot_denoised(args.output, d.wave, spectra.flux, d.flux, d.sigma, truth, spectra.mask, list(spectra.ids))
     print(f"{len(rows)} denoised spectra in {args.output}")
 
@@ -367,9 +367,7 @@ def register(sub) -> None:
     n.add_argument("-o", "--output", required=True, metavar="FIG.png")
     n.add_argument("--rows", default="0,1,2", metavar="I,J,...", help="rows to show (default 0,1,2)")
     n.add_argument("--truth", metavar="TRUTH.h5", help="noise-free spectra to overplot")
-    n.add_argument("--posterior", choices=("laplace", "decoder", "encoder"), default="laplace", help=POSTERIOR_HELP)
-    n.add_argument("--no-combine", dest="combine", action="store_false", default=None,
-                   help="the model's prediction alone (default: each pixel combined with its own measurement)")
+    n.add_argument("--posterior", choices=("laplace", "decoder"), default="laplace", help=POSTERIOR_HELP)
     add_runtime_options(n)
     n.set_defaults(func=_plot_denoised)
 

@@ -6,6 +6,8 @@ denoise, heldout and encode stream: each input file is read and written block by
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from specae.cli import decay, non_negative, positive_int
@@ -31,9 +33,11 @@ def load_for_inference(args):
 def _train(args) -> None:
     import torch.distributed as dist
 
+    from specae.calibration import fit_calibration
     from specae.data.hdf5 import H5Spectra, read_h5
     from specae.data.sources import expand_paths
     from specae.data.spectra import Spectra
+    from specae.models.checkpoint import save_model
     from specae.models.config import ModelConfig
     from specae.train import TrainConfig, fit
 
@@ -58,13 +62,36 @@ def _train(args) -> None:
                             lr=args.lr, ema=ema, beta_nll=beta_nll, seed=args.seed, device=args.device,
                             precision=args.precision,
                             distributed=args.distributed, num_workers=args.workers, progress=not args.quiet)
-    _, history = fit(train, val, model_cfg, train_cfg, out_dir=args.output, resume=args.resume)
+    # a calibration left by an earlier run would not describe the weights trained now
+    if Path(args.output).is_dir():
+        (Path(args.output) / "calibration.json").unlink(missing_ok=True)
+    model, history = fit(train, val, model_cfg, train_cfg, out_dir=args.output, resume=args.resume)
     if dist.is_initialized() and dist.get_rank() != 0:
-        return   # one summary line, from rank 0
+        return   # rank 0 calibrates and prints
+    cal = fit_calibration(model, history.pop("validation"), seed=args.seed)
+    save_model(model, args.output, history)
     print(f"trained {args.model} on {history['n_train']} spectra ({history['n_val']} for validation"
           + (f", streamed from {len(paths)} file(s)" if stream else "") + f"): best val chi2/dof "
           f"{history['best_val_chi2_dof']:.4f} at epoch {history['best_epoch'] + 1}, stopped by {history['stopped']}; "
-          f"model in {args.output}")
+          f"error model calibrated on {cal.n_pixels} validation pixels; model in {args.output}")
+
+
+def _calibrate(args) -> None:
+    from dataclasses import asdict
+
+    from specae.calibration import FITTED, fit_calibration
+    from specae.data.hdf5 import read_h5
+    from specae.data.sources import expand_paths
+    from specae.data.spectra import Spectra
+    from specae.models.checkpoint import save_model
+
+    model = load_for_inference(args)
+    spectra = Spectra.concatenate([read_h5(p) for p in expand_paths(args.data)])
+    cal = fit_calibration(model, spectra, args.posterior, seed=args.seed)
+    save_model(model, args.output)
+    fitted = asdict(cal)
+    print(f"calibrated on {cal.n_pixels} held-out pixels of {cal.n_spectra} spectra (mean -log L {cal.heldout_nll:.4f}); "
+          + ", ".join(f"{name} {fitted[name]:.4g}" for name, _, _ in FITTED) + f"; model in {args.output}")
 
 
 def run_files(args, fn, wave=None, attrs=None, verb="processed", detail="") -> None:
@@ -87,19 +114,21 @@ def _denoise(args) -> None:
     model = load_for_inference(args)
 
     def fn(part):
-        out = denoise(model, part, n_samples=args.samples, batch_size=args.batch_size, posterior=args.posterior,
-                      combine=args.combine, pixel_covariance=args.pixel_covariance, precision=args.precision)
+        out = denoise(model, part, batch_size=args.batch_size, posterior=args.posterior,
+                      covariance=args.pixel_covariance, precision=args.precision)
         ivar = np.where(np.isfinite(out.sigma) & (out.sigma > 0), 1 / np.maximum(out.sigma.astype(np.float64), 1e-30) ** 2, 0)
         res = {"flux": out.flux, "ivar": ivar.astype(np.float32), "flux_sigma": out.sigma, "mask": out.unseen,
                "input_mask": out.inpainted, "scale": np.ones(len(out.flux))}
-        if args.pixel_covariance:
-            res["flux_cov_factor"] = out.cov_factor
+        if out.tail_weight.any():
+            res |= {"flux_sigma_core": out.sigma_core, "flux_tail_weight": out.tail_weight}
+        if out.covariance is not None:
+            c = out.covariance
+            res |= {"flux_cov_factor": c.factor, "flux_cov_diag": c.diag, "flux_cov_band": c.band,
+                    "flux_cov_pivots": c.pivots.astype(np.float32), "flux_cov_off": np.full(len(out.flux), c.off)}
         return res
 
     run_files(args, fn, wave=model.wave, verb="denoised",
-               attrs={"source": f"specae denoise ({args.posterior} posterior"
-                                f"{', model alone' if args.combine is False else ''})",
-                      "flux_unit": "", "frame": "observed"})
+               attrs={"source": f"specae denoise ({args.posterior} posterior)", "flux_unit": "", "frame": "observed"})
 
 
 def _heldout(args) -> None:
@@ -146,16 +175,17 @@ def _demo(args) -> None:
     print(run_demo(args.output, minutes=args.max_minutes, seed=args.seed))
 
 
-def _inputs(p, help_text: str) -> None:
+def _inputs(p, help_text: str, kinds=("laplace", "decoder")) -> None:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("data", nargs="+", metavar="DATA.h5", help=help_text)
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file, or a directory for several inputs (outputs already there are skipped)")
     p.add_argument("--batch-size", type=positive_int, default=None, metavar="B",
                    help="spectra per batch (default: what fits in memory)")
-    p.add_argument("--posterior", choices=("laplace", "decoder", "encoder"), default="laplace",
+    p.add_argument("--posterior", choices=kinds, default="laplace",
                    help="laplace: refine the latents on the exact posterior (default); decoder: optimise them to "
-                        "convergence with the decoder alone (spectra unlike the training set); encoder: q(z|x)")
+                        "convergence with the decoder alone (spectra unlike the training set)"
+                        + ("; encoder: q(z|x)" if "encoder" in kinds else ""))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_runtime_options(p)
 
@@ -194,15 +224,22 @@ def register(sub) -> None:
 
     d = sub.add_parser("denoise", help="denoise spectra, with per-pixel uncertainties")
     _inputs(d, "spectra to denoise (files or glob patterns)")
-    d.add_argument("--samples", type=positive_int, default=16, metavar="S",
-                   help="latent draws for the encoder posterior (laplace/decoder are propagated exactly)")
-    d.add_argument("--no-combine", dest="combine", action="store_false", default=None,
-                   help="the model's prediction alone; by default each pixel is combined with its own measurement "
-                        "(leave-one-pixel-out, counted once), which keeps what the latents cannot follow, e.g. "
-                        "strong emission lines")
     d.add_argument("--pixel-covariance", action="store_true",
-                   help="also write flux_cov_factor (N, npix, K): the low-rank latent part of the pixel covariance")
+                   help="also write the pixel covariance in compact form: flux_cov_factor (N, npix, K+1), the latent "
+                        "part; flux_cov_diag, the white part; flux_cov_band, flux_cov_pivots, flux_cov_off, the part "
+                        "correlated along wavelength (specae.denoise.PixelCovariance.sum_variance reads them)")
     d.set_defaults(func=_denoise)
+
+    c = sub.add_parser("calibrate", help="refit a trained model's error model on other spectra (another survey's), "
+                                         "without truth and without retraining")
+    c.add_argument("model", metavar="MODEL")
+    c.add_argument("data", nargs="+", metavar="DATA", help="spectra the model did not train on (files or globs)")
+    c.add_argument("-o", "--output", required=True, metavar="NEW_MODEL", help="model directory to write")
+    c.add_argument("--posterior", choices=("laplace", "decoder"), default="laplace",
+                   help="the latent posterior the model will denoise with (default laplace)")
+    c.add_argument("--seed", type=int, default=0, metavar="S", help="which spectra, where there are more than needed")
+    add_runtime_options(c)
+    c.set_defaults(func=_calibrate)
 
     h = sub.add_parser("heldout", help="check sigma without truth: hide each valid pixel once, predict it from "
                                        "the rest, score it against its measurement")
@@ -213,7 +250,7 @@ def register(sub) -> None:
     h.set_defaults(func=_heldout)
 
     e = sub.add_parser("encode", help="write latent posteriors: z_mean, z_std, z_cov (and log_amplitude)")
-    _inputs(e, "spectra to encode (files or glob patterns)")
+    _inputs(e, "spectra to encode (files or glob patterns)", ("laplace", "decoder", "encoder"))
     e.set_defaults(func=_encode)
 
     m = sub.add_parser("demo", help="generate the bundled synthetic set, train a small VAE, denoise, plot")

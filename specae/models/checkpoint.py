@@ -1,5 +1,6 @@
-"""Checkpoints: a directory with config.json (plain JSON) and weights.pt (tensors only, read with
-specae.checkpoints, so a checkpoint can never run code)."""
+"""Checkpoints: a directory with config.json (plain JSON), weights.pt (tensors only, read with
+specae.checkpoints, so a checkpoint can never run code) and, once calibrated, calibration.json (the error
+model's constants, specae.calibration)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from specae.models.vae import SpectrumVAE
 
 
 def save_model(model: SpectrumVAE, directory, history: dict | None = None) -> None:
-    """Write config.json, weights.pt and optionally history.json, each atomically."""
+    """Write config.json, weights.pt, calibration.json (if calibrated) and optionally history.json, each
+    atomically."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     rest = model.decoder.loglam_rest
@@ -27,6 +29,9 @@ def save_model(model: SpectrumVAE, directory, history: dict | None = None) -> No
         torch.save(blob, tmp)
     with atomic_path(d / "config.json") as tmp:
         tmp.write_text(model.cfg.to_json())
+    if model.calibration is not None:
+        with atomic_path(d / "calibration.json") as tmp:
+            tmp.write_text(model.calibration.to_json())
     if history is not None:
         with atomic_path(d / "history.json") as tmp:
             tmp.write_text(json.dumps(history, indent=1))
@@ -42,6 +47,10 @@ def load_model(directory, map_location="cpu") -> SpectrumVAE:
         wave_rest = blob.get("wave_rest")
         model = SpectrumVAE(cfg, blob["wave"].numpy(), None if wave_rest is None else wave_rest.numpy())
         model.load_state_dict(blob["state"])
+    if (d / "calibration.json").is_file():
+        from specae.calibration import Calibration
+
+        model.calibration = Calibration.from_json((d / "calibration.json").read_text(), str(d / "calibration.json"))
     return model.eval()
 
 

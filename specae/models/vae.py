@@ -14,8 +14,6 @@ from specae.models.decoder import Decoder
 from specae.models.encoder import Encoder
 
 LOG_2PI = math.log(2 * math.pi)
-# model.sigma_scale before calibration: a_laplace, a_encoder, b, gamma, rho, length, c (specae.uncertainty)
-SIGMA_SCALE_DEFAULT = (1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0)
 
 
 class SpectrumVAE(nn.Module):
@@ -46,20 +44,12 @@ class SpectrumVAE(nn.Module):
         # the fraction of the training sample with data at each decoder pixel, relative to the best-covered
         # pixel: 0 where no training spectrum had any (the model knows nothing there)
         self.register_buffer("seen", torch.ones(n_dec))
-        # sigma calibration, fitted on validation data after training (specae.uncertainty): factors on the
-        # latent part for the Laplace and the encoder posterior and on the decoder part (b), and the power
-        # gamma by which the decoder part grows where the training coverage f is thin (b^2 f^-gamma), and the
-        # fraction rho of the model variance that is smooth along wavelength with its correlation length in pixels,
-        # and the factor c on the model variance of the combination with the data
-        self.register_buffer("sigma_scale", torch.tensor(SIGMA_SCALE_DEFAULT))
+        # the error model's constants (specae.calibration.Calibration), fitted after training; None before
+        self.calibration = None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints and training states written before gamma (three sigma entries) or rho (four) hold no growth
-        # (gamma 0), no smooth error (rho 0) and no factor on the combination's model variance (c 1)
-        key = prefix + "sigma_scale"
-        old = state_dict.get(key)
-        if old is not None and old.numel() < len(SIGMA_SCALE_DEFAULT):
-            state_dict[key] = torch.cat([old, old.new_tensor(SIGMA_SCALE_DEFAULT[old.numel():])])
+        # checkpoints written before the error model kept their sigma factors here; they need recalibrating
+        state_dict.pop(prefix + "sigma_scale", None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property

@@ -1,0 +1,229 @@
+"""The error model's constants, fitted after training by one held-out likelihood, saved with the model.
+
+`Calibration` names every constant that shapes the denoised sigma (the equations are specae.errormodel's):
+the survey's noise scale s_n, the decoder scatter's factor b and its growth f^-gamma where the training
+coverage f is thin, the fraction rho of the model error that is correlated along wavelength and its
+length l, the spread tau of each spectrum's own scale, and the outliers' fraction eps and variance factor
+kappa. `fit_calibration(model, spectra)` fits them all at once on spectra the model did not train on (the
+validation set, or another survey's spectra: no truth is needed): each valid pixel is predicted from all
+the other pixels of its spectrum (the exact leave-one-out identity of the linearised Gaussian model), and
+the constants maximise the mean log-likelihood of those predictions (L-BFGS-B on exact gradients). The
+latent posterior is then refitted under the calibrated weights and the constants fitted once more.
+No constant is chosen against a truth.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+import torch
+from scipy.optimize import minimize
+
+from specae.data.spectra import Spectra
+from specae.data.tensors import Batch, on_grid, to_batch, window_mask
+from specae.errormodel import Inputs, outlier_loglik, solve
+from specae.errors import SpecaeError
+from specae.uncertainty import SCALE_PRIOR
+from specae.uncertainty import posterior as latent_posterior
+
+CALIBRATION_VERSION = 1
+
+
+@dataclass
+class Calibration:
+    """The fitted constants of the error model (specae.errormodel), plus what they were fitted on."""
+    noise_scale: float = 1.0         # s_n: the stated noise sigma times s_n is the noise
+    model_scale: float = 1.0         # b on the decoder's scatter
+    coverage_power: float = 0.0      # gamma: growth f^-gamma of the model variance where coverage f is thin
+    smooth_fraction: float = 0.0     # rho: the part of the model variance correlated along wavelength
+    smooth_length: float = 1.0       # l: its correlation length [pixels]
+    spectrum_spread: float = 0.0     # tau: sd of log s, each spectrum's own scale of its model variance
+    outlier_fraction: float = 0.0    # eps: pixels whose white model error is wider
+    outlier_scale: float = 1.0       # kappa: by this factor in variance
+    n_spectra: int = 0               # spectra and held-out pixels it was fitted on
+    n_pixels: int = 0
+    heldout_nll: float | None = None   # mean negative log-likelihood per held-out pixel at the fit
+    version: int = CALIBRATION_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "calibration") -> "Calibration":
+        """Read what `to_json` wrote; a calibration of another version is refused with the fix."""
+        try:
+            d = json.loads(text)
+            version = d.get("version")
+        except (ValueError, AttributeError):
+            raise SpecaeError(f"{where}: damaged calibration file") from None
+        if version != CALIBRATION_VERSION:
+            raise SpecaeError(f"{where}: calibration version {version}, this specae reads {CALIBRATION_VERSION}: "
+                              f"recalibrate with 'specae calibrate MODEL DATA -o NEW_MODEL'")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# The fitted constants: (name, bounds, log scale); coverage_power only in redshift mode, where coverage varies.
+# The bounds are the range where the held-out pixels can say anything, not a prior.
+FITTED = (("noise_scale", (0.5, 2.0), True), ("model_scale", (1e-2, 1e2), True), ("coverage_power", (0.0, 2.0), False),
+          ("smooth_fraction", (0.0, 0.95), False), ("smooth_length", (1.0, None), True),
+          ("spectrum_spread", (0.0, 2.0), False), ("outlier_fraction", (0.0, 0.5), False),
+          ("outlier_scale", (1.0, 1e4), True))
+# Where the fit starts: off the boundaries of rho, tau and eps, whose gradients vanish there
+START = Calibration(smooth_fraction=0.3, smooth_length=10.0, spectrum_spread=0.3, outlier_fraction=0.01,
+                    outlier_scale=10.0)
+# Held-out pixels per fit: bounds its cost whatever the set's size; 1e6 pixels resolve differences of about 1e-3
+# in the log-likelihood per pixel, a few per cent in the model variance where the noise is 80 times larger
+CALIBRATION_PIXELS = 1_000_000
+CHUNK_PIXELS = 100_000             # pixels per autograd pass (memory)
+ROUNDS = 2                         # fit, refit the latent posterior under the fitted weights, fit again
+# The likelihood of a scale mixture has separate optima for a few far outliers and many near ones (on a linear
+# set with 3 % of pixels 400 times wider, the start at kappa 10 ended at 33 with the noise scale at 0.73): the
+# first fit starts from each of these kappa on a quarter of the pixels, and goes on from the most likely
+OUTLIER_STARTS = (10.0, 100.0, 1000.0)
+# Stop when the mean log-likelihood per pixel changes by under 1e-7 (relative): 0.1 nat over 1e6 pixels
+FTOL = 1e-7
+MAX_ITER = 100
+
+
+def model_input(model, spectra: Spectra) -> tuple[Batch, np.ndarray, Spectra]:
+    """(Batch, scale (N,), spectra on the model's grid): what the model sees of `spectra`.
+
+    Spectra on another grid are resampled when they cover the model's range. In redshift mode, spectra
+    outside the training redshifts are accepted with a warning; the pixels this leaves the model blind to
+    are flagged as unseen by `denoise`.
+    """
+    spectra = on_grid(spectra, model.wave)
+    cfg = model.cfg
+    batch, scale = to_batch(spectra, window_mask(model.wave, cfg.norm_window), cfg.redshift)
+    if cfg.redshift and cfg.z_range and len(spectra):
+        z = batch.z.numpy()
+        out = (z < cfg.z_range[0]) | (z > cfg.z_range[1])
+        if out.any():
+            warnings.warn(f"{int(out.sum())} spectra have redshifts outside the training range "
+                          f"{cfg.z_range[0]:.4g}-{cfg.z_range[1]:.4g}; pixels the model never saw are masked "
+                          f"in the output", stacklevel=3)
+    return batch, scale, spectra
+
+
+@torch.no_grad()
+def model_terms(model, b: Batch, cal: Calibration, kind: str = "laplace") -> Inputs:
+    """The error model's inputs for one batch: the latent posterior's mode (under `cal`'s weights), the model
+    spectrum, its Jacobian and the decoder's variance there, float64. Pixels the model never saw count as masked."""
+    saved, model.calibration = model.calibration, cal
+    try:
+        post, at = latent_posterior(model, b.x, b.ivar, b.z, kind)
+    finally:
+        model.calibration = saved
+    n = len(b)
+    if at is None:
+        if kind == "encoder":
+            raise SpecaeError("denoising needs the laplace or decoder posterior (the encoder's has no Jacobian)")
+        m, sig = model.decode(post.mean, b.z)                   # the AE: its point estimate, no latent uncertainty
+        jac, theta, prior = m.new_zeros(n, m.shape[1], 0), m.new_zeros(n, 0), m.new_zeros(0)
+    else:
+        m, sig, jac = at
+        theta, _ = post.params()
+        jac = jac.permute(1, 2, 0)                                                    # (B, npix, K+1)
+        k = post.mean.shape[1]
+        prior = torch.tensor([1.0] * k + [SCALE_PRIOR ** -2], device=m.device)
+    ivar = torch.where(model.unseen(b.z, n), torch.zeros_like(b.ivar), b.ivar)
+    return Inputs(*(t.double() for t in (b.x, ivar, m, jac, theta, prior, sig.float() ** 2,
+                                         model.coverage(b.z, n))))
+
+
+def _as_params(cal: Calibration, active) -> np.ndarray:
+    return np.array([math.log(getattr(cal, name)) if log else getattr(cal, name) for name, _, log in active])
+
+
+# Each spectrum's scale is estimated from its own residuals. Fitted from all of them, it would also fit each
+# spectrum's own noise (one free variance per spectrum): on a stellar model the held-out likelihood then chose
+# tau at its bound and sigma twice too wide (+-1 sigma 89 %). So a pixel's prediction is scored with the scale
+# estimated from the other half of its spectrum: interleaved blocks of SCALE_BLOCK pixels, longer than the
+# model error's correlation, so a pixel's own error does not reach its scale through its neighbours.
+SCALE_BLOCK = 64
+
+
+def _negloglik(chunks: list[Inputs], values: torch.Tensor, active, base: Calibration) -> torch.Tensor:
+    """Mean negative held-out log-likelihood per pixel over `chunks`, gradients accumulated into `values`."""
+    total = sum(int((c.ivar > 0).sum()) for c in chunks)
+    loss = 0.0
+    for inp in chunks:
+        cal = dict(asdict(base))
+        for (name, _, log), v in zip(active, values):
+            cal[name] = v.exp() if log else v
+        cal = _Constants(**cal)
+        half = (torch.arange(inp.x.shape[1]) // SCALE_BLOCK) % 2 == 0
+        part = 0.0
+        for scored in (half, ~half):
+            out = solve(inp, cal, scale_pixels=~scored)
+            ll, _ = outlier_loglik(inp.x, out["loo_mean"], out["loo_var"], out["white"], cal.outlier_fraction,
+                                   cal.outlier_scale)
+            part = part - torch.where((inp.ivar > 0) & scored, ll, torch.zeros_like(ll)).sum() / total
+        part.backward()
+        loss += float(part.detach())
+    return loss
+
+
+class _Constants:
+    """Calibration-like attribute access to constants that may be tensors (for gradients)."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def _fit_constants(chunks: list[Inputs], start: Calibration, active) -> tuple[Calibration, float]:
+    def fun(p):
+        values = torch.tensor(p, dtype=torch.float64, requires_grad=True)
+        nll = _negloglik(chunks, values, active, start)
+        return nll, values.grad.numpy().copy()
+
+    bounds = [tuple(None if b is None else (math.log(b) if log else b) for b in bnd) for _, bnd, log in active]
+    p0 = np.clip(_as_params(start, active), [lo for lo, _ in bounds], [np.inf if hi is None else hi for _, hi in bounds])
+    res = minimize(fun, p0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": MAX_ITER, "ftol": FTOL})
+    fitted = {name: float(math.exp(v) if log else v) for (name, _, log), v in zip(active, res.x)}
+    return replace(start, **fitted), float(res.fun)
+
+
+def fit_calibration(model, spectra: Spectra, kind: str = "laplace", max_pixels: int = CALIBRATION_PIXELS,
+                    seed: int = 0) -> Calibration:
+    """Fit the error model's constants on `spectra` (no truth needed; spectra the model did not train on) and
+    set them on the model (`model.calibration`); returns them. At most `max_pixels` valid pixels are used
+    (whole spectra, drawn at random), so the cost does not grow with the set."""
+    model.eval()
+    dev = next(model.parameters()).device
+    data, _, spectra = model_input(model, spectra)
+    n_valid = (data.ivar > 0).sum(1).numpy()
+    order = np.random.default_rng(seed).permutation(len(data))
+    order = order[n_valid[order] > 0]
+    if not len(order):
+        raise SpecaeError("no valid pixel to calibrate the model on")
+    rows = np.sort(order[:max(1, int(np.searchsorted(np.cumsum(n_valid[order]), max_pixels, side="right")))])
+    npix = data.x.shape[1]
+    per_chunk = max(1, CHUNK_PIXELS // npix)
+    active = [(name, (lo, npix if hi is None else hi), log) for name, (lo, hi), log in FITTED
+              if name != "coverage_power" or model.cfg.redshift]
+    cal = replace(START)
+    for step in range(ROUNDS):
+        chunks = [model_terms(model, data[rows[i:i + per_chunk]].to(dev), cal, kind).cpu()
+                  for i in range(0, len(rows), per_chunk)]
+        if step == 0:
+            starts = [_fit_constants(chunks[::4], replace(START, outlier_scale=k), active) for k in OUTLIER_STARTS]
+            cal = min(starts, key=lambda fit: fit[1])[0]
+        cal, nll = _fit_constants(chunks, cal, active)
+    cal = replace(cal, n_spectra=len(rows), n_pixels=int(n_valid[rows].sum()), heldout_nll=nll)
+    model.calibration = cal
+    return cal
+
+
+def require_calibration(model) -> Calibration:
+    """The model's calibration, or the one-line error that says how to get one."""
+    if model.calibration is None:
+        raise SpecaeError("the model has no calibration of its error model (trained by an older specae, or not "
+                          "calibrated yet): run 'specae calibrate MODEL DATA -o NEW_MODEL' or "
+                          "specae.calibration.fit_calibration(model, validation_spectra)")
+    return model.calibration

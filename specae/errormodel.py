@@ -1,0 +1,216 @@
+"""The error model of a denoised spectrum, solved exactly: one Gaussian posterior for every pixel.
+
+In model space (normalised flux; one spectrum, pixels i) the data are
+
+    x_i = e^t mu_i(z) + delta_i + n_i
+    n_i ~ N(0, s_n^2 / ivar_i)                       measurement noise; ivar 0 (masked): no information
+    delta_i = a_i g_i + w_i                          the model's error
+    v_i = s b^2 f_i^-gamma sigma_i^2                 its variance: the decoder's scatter sigma (at the posterior
+                                                     mode, amplitude e^t included), grown where a fraction f of
+                                                     the training set covered the pixel, times s, the spectrum's
+                                                     own scale, log s ~ N(0, tau^2)
+    a_i^2 = rho v_i,  g ~ OU(length l)               a fraction rho correlated along wavelength: g has unit
+                                                     variance and correlation exp(-|i - j| / l)
+    w_i ~ N(0, (1 - rho) v_i)                        the rest white; a fraction eps of the pixels has it kappa
+                                                     times wider (heavy tails, `outlier_weight`)
+    theta = (z, t) ~ N(0, diag(1, .., 1, SCALE_PRIOR^2)), linearised about its Laplace mode theta_hat:
+    e^t mu(z) = m + J u,  u = theta - theta_hat.
+
+With R = Cov(delta + n) = A K A + D (A = diag(a), K the OU correlation, D = diag((1 - rho) v + s_n^2 / ivar)),
+everything is Gaussian and exact:
+    latent posterior   C = (P + J^T R^-1 J)^-1,  u_hat = C (J^T R^-1 r - P theta_hat),  r = x - m
+    denoised pixel     E[y | x] = m + J u_hat + Sigma_delta R^-1 (r - J u_hat)
+                       Cov[y | x] = G C G^T + Cov[delta | x, u],  G = J - Sigma_delta R^-1 J
+    held-out pixel     x_i given all other pixels: mean x_i - [R_x^-1 r']_i / [R_x^-1]_ii, variance
+                       1 / [R_x^-1]_ii, R_x = R + J P^-1 J^T (the classic leave-one-out identity)
+Masked pixels are inpainted by the same posterior (the latents and the correlated part carry their
+neighbours' information); where the model misses a strong line, the white part's heavy tail lets the
+measurement win. R^-1 needs the posterior of g, whose precision T = K^-1 + A D^-1 A is tridiagonal: its
+factorisation (the Kalman filter's variances, a product of 2x2 matrices with non-negative entries) and its
+solves (first-order linear recurrences) run as parallel prefix scans, O(npix log npix) in log2(npix) batched
+steps, with no loop over pixels. Everything is float64 and differentiable, so the constants are fitted by
+gradient on the held-out likelihood (specae.calibration).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def linear_scan(alpha: torch.Tensor, beta: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """y_i = alpha_i y_{i-1} + beta_i along dim 1 (y_{-1} = 0; with `reverse`, y_i = alpha_i y_{i+1} + beta_i):
+    alpha (B, n), beta (B, n, C). Hillis-Steele doubling: stable while |alpha| <= 1, as here."""
+    if reverse:
+        return linear_scan(alpha.flip(1), beta.flip(1)).flip(1)
+    a, b, s, n = alpha, beta, 1, alpha.shape[1]
+    while s < n:
+        b = torch.cat([b[:, :s], b[:, s:] + a[:, s:, None] * b[:, :-s]], 1)
+        a = torch.cat([a[:, :s], a[:, s:] * a[:, :-s]], 1)
+        s *= 2
+    return b
+
+
+class OUPosterior:
+    """The tridiagonal precision T = K^-1 + diag(h) of a unit-variance OU process g (correlation phi^|i-j|)
+    observed with precision h_i >= 0 per pixel, factorised as T = L diag(d) L^T (B spectra at once).
+
+    The pivots come from the Kalman filter's filtered variances p_i (d_i = 1/p_i + phi^2 q before the last
+    pixel, q = 1 / (1 - phi^2)), a Moebius recurrence computed as a product of non-negative 2x2 matrices."""
+
+    def __init__(self, h: torch.Tensor, phi: torch.Tensor):
+        b, n = h.shape
+        self.phi2 = phi ** 2
+        self.q = 1 / (1 - self.phi2)
+        c = 1 - self.phi2
+        one = torch.ones_like(h)
+        # p_i = (phi^2 p + c) / (h phi^2 p + h c + 1) of p_{i-1}, p_{-1} = 1
+        m = torch.stack([torch.stack([self.phi2 * one, c * one], -1),
+                         torch.stack([h * self.phi2, h * c + 1], -1)], -2)                       # (B, n, 2, 2)
+        s = 1
+        while s < n:
+            prod = m[:, s:] @ m[:, :-s]
+            m = torch.cat([m[:, :s], prod / prod.sum((-1, -2), keepdim=True)], 1)
+            s *= 2
+        v = m.sum(-1)                                                                          # M [1, 1]
+        p = v[..., 0] / v[..., 1]
+        last = torch.zeros_like(h)
+        last[:, -1] = 1
+        self.d = 1 / p + self.phi2 * self.q * (1 - last)                                         # (B, n)
+        self.e = -phi * self.q                                                                 # off-diagonal
+
+    @classmethod
+    def from_pivots(cls, d: torch.Tensor, e: float) -> "OUPosterior":
+        """The factorisation kept by `solve`'s output (pivots d (B, n), off-diagonal e), for later solves."""
+        self = cls.__new__(cls)
+        self.d, self.e = d, e
+        return self
+
+    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        """T^-1 rhs for rhs (B, n, C)."""
+        ratio = self.e / self.d                                                                # l_i
+        fwd = linear_scan(-torch.cat([torch.zeros_like(ratio[:, :1]), ratio[:, :-1]], 1), rhs)
+        return linear_scan(-torch.cat([ratio[:, :-1], torch.zeros_like(ratio[:, :1])], 1),
+                           fwd / self.d[..., None], reverse=True)
+
+    def inverse_diagonal(self) -> torch.Tensor:
+        """(B, n) diag(T^-1): the posterior variance of g."""
+        ratio = self.e / self.d
+        alpha = torch.cat([ratio[:, :-1] ** 2, torch.zeros_like(ratio[:, :1])], 1)
+        return linear_scan(alpha, (1 / self.d)[..., None], reverse=True)[..., 0]
+
+
+@dataclass
+class Inputs:
+    """What the error model conditions on, B spectra in model space (float64)."""
+    x: torch.Tensor            # (B, n) normalised flux
+    ivar: torch.Tensor         # (B, n) its inverse variance as stated; 0 = masked
+    m: torch.Tensor            # (B, n) the model spectrum e^t mu(z) at the posterior mode
+    jac: torch.Tensor          # (B, n, P) its Jacobian with respect to theta = (z, t); P = 0 for the AE
+    theta: torch.Tensor        # (B, P) the mode
+    prior: torch.Tensor        # (P,) prior precision of theta
+    var_model: torch.Tensor    # (B, n) the decoder's variance sigma^2 at the mode (uncalibrated)
+    coverage: torch.Tensor     # (B, n) training coverage f in (0, 1]
+
+    def cpu(self) -> "Inputs":
+        return Inputs(**{k: v.cpu() for k, v in vars(self).items()})
+
+
+SPECTRUM_SCALE_STEPS = 8
+
+
+def spectrum_scale(r2, noise, v, valid, tau) -> torch.Tensor:
+    """(B, 1) each spectrum's scale s of its model variance: the mode of log s under N(0, tau^2) given its
+    residuals r2 = (x - m)^2 ~ N(0, noise + s v) on valid pixels (Fisher scoring)."""
+    t = torch.zeros(r2.shape[0], 1, dtype=r2.dtype, device=r2.device)
+    if float(torch.as_tensor(tau).detach()) <= 1e-3:
+        return t.exp()
+    for _ in range(SPECTRUM_SCALE_STEPS):
+        s = t.exp()
+        var = noise + s * v
+        w = torch.where(valid, s * v / var, torch.zeros_like(var))                     # d log var / d log s
+        grad = t / tau ** 2 + (0.5 * w * (1 - r2 / var)).sum(1, keepdim=True)
+        info = 1 / tau ** 2 + (0.5 * w * w).sum(1, keepdim=True)
+        t = (t - grad / info).clamp(-6, 6)
+    return t.exp()
+
+
+def _rowquad(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """(B, n) diag(A C A^T) for A (B, n, P), C (B, P, P)."""
+    return torch.einsum("bnp,bpq,bnq->bn", a, c, a)
+
+
+def solve(inp: Inputs, cal, inflate: torch.Tensor | None = None,
+          scale_pixels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The posterior of every pixel and the held-out prediction of every valid one (module docstring).
+
+    `cal` holds the constants (floats or 0-d tensors): noise_scale s_n, model_scale b, coverage_power gamma,
+    smooth_fraction rho, smooth_length l (pixels), spectrum_spread tau. `inflate` (B, n) multiplies the white
+    model variance (the outlier responsibilities); `scale_pixels` (n,) bool: the pixels whose residuals set each
+    spectrum's scale (default all). Returns (B, n) tensors: "mean", "var" (the truth's posterior),
+    "loo_mean", "loo_var" (the measurement x_i predicted from the other pixels, noise included), "white" (the
+    white model variance), and what the pixel covariance needs ("factor" (B, n, P), "diag", "band", and the
+    OU factorisation "ou")."""
+    valid = inp.ivar > 0
+    r = torch.where(valid, inp.x - inp.m, torch.zeros_like(inp.x))
+    noise = torch.where(valid, cal.noise_scale ** 2 / inp.ivar.clamp_min(1e-300), torch.ones_like(inp.x))
+    v = cal.model_scale ** 2 * inp.coverage ** -cal.coverage_power * inp.var_model
+    v = v * spectrum_scale(r * r, noise, v, valid if scale_pixels is None else valid & scale_pixels,
+                           cal.spectrum_spread)
+    rho = cal.smooth_fraction
+    white = (1 - rho) * v * (1 if inflate is None else inflate)
+    amp = (rho * v).clamp_min(0).sqrt()
+    dinv = torch.where(valid, 1 / (white + noise), torch.zeros_like(v))
+    ou = OUPosterior(amp * amp * dinv, torch.exp(-1 / torch.as_tensor(cal.smooth_length, dtype=v.dtype)))
+
+    y = torch.cat([inp.jac, r[..., None]], -1)                                           # (B, n, P + 1)
+    g_y = ou.solve((amp * dinv)[..., None] * y)                                          # E[g | y]
+    r_inv = dinv[..., None] * (y - amp[..., None] * g_y)                                 # R^-1 y
+    p = inp.jac.shape[-1]
+    rj, rr, gj, gr = r_inv[..., :p], r_inv[..., p], g_y[..., :p], g_y[..., p]
+    hess = torch.diag_embed(inp.prior.expand(len(r), -1)) + inp.jac.transpose(1, 2) @ rj     # (B, P, P)
+    cov = torch.cholesky_inverse(torch.linalg.cholesky(hess)) if p else hess
+    grad = torch.einsum("bnp,bn->bp", inp.jac, rr) - inp.prior * inp.theta
+    u = (cov @ grad[..., None])[..., 0]                                                  # (B, P)
+    rr = rr - (rj @ u[..., None])[..., 0]                                                # R^-1 (r - J u)
+    gr = gr - (gj @ u[..., None])[..., 0]
+    t_diag = ou.inverse_diagonal()
+    diag_rx = dinv - (amp * dinv) ** 2 * t_diag - _rowquad(rj, cov)                       # [R_x^-1]_ii
+    safe = torch.where(valid, diag_rx, torch.ones_like(diag_rx)).clamp_min(1e-300)
+    k = white * dinv                                                                     # the measurement's weight
+    g = inp.jac - amp[..., None] * gj - white[..., None] * rj                            # (B, n, P)
+    band = (1 - k) * amp
+    out = {"mean": inp.m + (inp.jac @ u[..., None])[..., 0] + amp * gr + white * rr,
+           "var": _rowquad(g, cov) + band ** 2 * t_diag + white * (1 - k),
+           "loo_mean": inp.x - rr / safe, "loo_var": 1 / safe, "white": white,
+           "factor": g @ torch.linalg.cholesky(cov) if p else g, "diag": white * (1 - k), "band": band, "ou": ou}
+    return out
+
+
+def outlier_loglik(x, loo_mean, loo_var, white, eps, kappa) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-likelihood of held-out measurements x under (1 - eps) N(loo_mean, loo_var) + eps N(loo_mean, loo_var +
+    (kappa - 1) white) (a held-out pixel whose own white model error is kappa times wider), and the posterior
+    probability of the wide component; (B, n) each."""
+    r2 = (x - loo_mean) ** 2
+    wide = loo_var + (kappa - 1) * white
+    core_ll = -0.5 * (r2 / loo_var + torch.log(loo_var) + LOG_2PI)
+    wide_ll = -0.5 * (r2 / wide + torch.log(wide) + LOG_2PI)
+    if float(torch.as_tensor(eps).detach()) <= 0:
+        return core_ll, torch.zeros_like(core_ll)
+    eps = torch.as_tensor(eps, dtype=core_ll.dtype)
+    a, b = torch.log1p(-eps) + core_ll, torch.log(eps) + wide_ll
+    ll = torch.logaddexp(a, b)
+    return ll, torch.exp(b - ll)
+
+
+def sum_variance(factor, diag, band, ou: OUPosterior, weights) -> torch.Tensor:
+    """(B,) variance of sum_i weights_i y_i under the pixel covariance factor factor^T + diag(diag) + diag(band)
+    T^-1 diag(band) (the output of `solve`): the latent part, the white part and the correlated part."""
+    w = weights.to(factor.dtype)
+    latent = ((factor * w[..., None]).sum(1) ** 2).sum(1)
+    bw = (band * w)[..., None]
+    return latent + (diag * w * w).sum(1) + (bw * ou.solve(bw)).sum((1, 2))

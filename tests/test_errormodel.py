@@ -1,0 +1,173 @@
+"""The error model (specae.errormodel) against dense Gaussian algebra, on the linear-Gaussian case where the exact
+answer is known, and its constants fitted back by the held-out likelihood (specae.calibration)."""
+
+import math
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from specae.calibration import FITTED, OUTLIER_STARTS, START, Calibration, _fit_constants, require_calibration
+from specae.errormodel import Inputs, OUPosterior, outlier_loglik, solve, sum_variance
+from specae.errors import SpecaeError
+from specae.metrics import coverage, error_over_sigma
+
+D = torch.float64
+
+
+def ou_cov(n, length):
+    lag = torch.arange(n)[:, None] - torch.arange(n)[None]
+    return math.exp(-1 / length) ** lag.abs().to(D)
+
+
+@pytest.mark.parametrize("length", [0.5, 5.0, 80.0, 3000.0])
+def test_the_ou_posterior_scans_solve_the_tridiagonal_system_exactly(length):
+    gen = torch.Generator().manual_seed(0)
+    b, n = 3, 257
+    h = 3 * torch.rand(b, n, generator=gen, dtype=D)
+    h[:, 40:90] = 0                                            # a stretch without data
+    ou = OUPosterior(h, torch.tensor(math.exp(-1 / length), dtype=D))
+    t = torch.linalg.inv(ou_cov(n, length))[None] + torch.diag_embed(h)
+    rhs = torch.randn(b, n, 2, generator=gen, dtype=D)
+    torch.testing.assert_close(ou.solve(rhs), torch.linalg.solve(t, rhs), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(ou.inverse_diagonal(), torch.diagonal(torch.linalg.inv(t), dim1=1, dim2=2),
+                               rtol=1e-9, atol=0)
+
+
+def linear_inputs(gen, b, n, p, ivar, var_model, coverage=None):
+    """Inputs of a linear model m0 + J theta linearised at theta = 0 (so the solve's linear step is exact)."""
+    jac = 0.05 * torch.randn(b, n, p, generator=gen, dtype=D)
+    m0 = torch.ones(b, n, dtype=D)
+    cov = torch.ones(b, n, dtype=D) if coverage is None else coverage
+    return Inputs(torch.zeros(b, n, dtype=D), ivar, m0, jac, torch.zeros(b, p, dtype=D), torch.ones(p, dtype=D),
+                  var_model, cov)
+
+
+def draw(inp: Inputs, cal, gen, outliers=None):
+    """Truth and data from the generative model (module docstring of specae.errormodel) with constants `cal`."""
+    b, n, p = inp.jac.shape
+    v = cal.model_scale ** 2 * inp.coverage ** -cal.coverage_power * inp.var_model
+    chol = torch.linalg.cholesky(ou_cov(n, cal.smooth_length))
+    g = torch.randn(b, n, generator=gen, dtype=D) @ chol.T
+    white = (1 - cal.smooth_fraction) * v * (1 if outliers is None else outliers)
+    truth = inp.m + (inp.jac @ torch.randn(b, p, 1, generator=gen, dtype=D))[..., 0] \
+        + (cal.smooth_fraction * v).sqrt() * g + white.sqrt() * torch.randn(b, n, generator=gen, dtype=D)
+    noise = cal.noise_scale / inp.ivar.clamp_min(1e-30).sqrt() * torch.randn(b, n, generator=gen, dtype=D)
+    x = torch.where(inp.ivar > 0, truth + noise, torch.full_like(truth, 1e3))   # garbage under masks
+    return truth, replace(inp, x=x)
+
+
+def test_solve_is_the_exact_gaussian_posterior_and_leave_one_out_prediction():
+    gen = torch.Generator().manual_seed(1)
+    b, n, p = 2, 200, 4
+    ivar = 5 + 50 * torch.rand(b, n, generator=gen, dtype=D)
+    ivar[:, 90:110] = 0
+    inp = linear_inputs(gen, b, n, p, ivar, 0.01 * torch.rand(b, n, generator=gen, dtype=D),
+                        0.1 + 0.9 * torch.rand(b, n, generator=gen, dtype=D))
+    inp = replace(inp, theta=0.3 * torch.randn(b, p, generator=gen, dtype=D),
+                  prior=torch.tensor([1.0, 1.0, 1.0, 100.0], dtype=D))
+    cal = Calibration(noise_scale=1.3, model_scale=0.8, coverage_power=0.5, smooth_fraction=0.6, smooth_length=20.0)
+    _, inp = draw(inp, cal, gen)
+    out = solve(inp, cal)
+    weights = torch.zeros(b, n, dtype=D)
+    weights[:, 85:125] = 1                                    # a band across the masked stretch
+    variance = sum_variance(out["factor"], out["diag"], out["band"], out["ou"], weights)
+    for i in range(b):
+        valid = ivar[i] > 0
+        v = 0.64 * inp.coverage[i] ** -0.5 * inp.var_model[i]
+        sd = (0.6 * v).sqrt()
+        s_delta = sd[:, None] * ou_cov(n, 20.0) * sd[None] + torch.diag(0.4 * v)
+        jac = inp.jac[i]
+        s_y = jac @ torch.diag(1 / inp.prior) @ jac.T + s_delta            # theta ~ N(0, P^-1) about m - J theta_hat
+        prior_mean = inp.m[i] - jac @ inp.theta[i]
+        s_xx = s_y[valid][:, valid] + torch.diag(1.69 / ivar[i][valid])
+        r = inp.x[i][valid] - prior_mean[valid]
+        mean = prior_mean + s_y[:, valid] @ torch.linalg.solve(s_xx, r)
+        cov = s_y - s_y[:, valid] @ torch.linalg.solve(s_xx, s_y[valid])
+        torch.testing.assert_close(out["mean"][i], mean, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(out["var"][i], torch.diagonal(cov), rtol=1e-8, atol=0)
+        inv = torch.linalg.inv(s_xx)
+        torch.testing.assert_close(out["loo_mean"][i][valid], inp.x[i][valid] - inv @ r / torch.diagonal(inv))
+        torch.testing.assert_close(out["loo_var"][i][valid], 1 / torch.diagonal(inv))
+        torch.testing.assert_close(variance[i], weights[i] @ cov @ weights[i])
+
+
+SNRS = (0.3, 1.0, 3.0, 10.0, 30.0)
+TRUE = Calibration(noise_scale=1.0, model_scale=1.0, smooth_fraction=0.5, smooth_length=15.0)
+
+
+def linear_set(snr, seed, b=60, n=300, p=3, cal=TRUE, ivar_factor=1.0, outliers=None):
+    """A linear-Gaussian set at one S/N (flux 1, noise 1/snr), the model error 0.05 per pixel, masked chunks."""
+    gen = torch.Generator().manual_seed(seed)
+    ivar = torch.full((b, n), float(snr) ** 2, dtype=D) * (0.5 + torch.rand(b, n, generator=gen, dtype=D))
+    for i in range(b):
+        start = int(torch.randint(0, n - 40, (1,), generator=gen))
+        ivar[i, start:start + 30] = 0
+    inp = linear_inputs(gen, b, n, p, ivar, torch.full((b, n), 0.05 ** 2, dtype=D))
+    extra = None
+    if outliers:
+        extra = torch.where(torch.rand(b, n, generator=gen, dtype=D) < outliers[0], outliers[1], 1.0)
+    truth, inp = draw(inp, cal, gen, extra)
+    return truth, replace(inp, ivar=inp.ivar * ivar_factor)
+
+
+@pytest.mark.parametrize("snr", SNRS)
+def test_the_linear_gaussian_case_is_calibrated_at_every_signal_to_noise(snr):
+    truth, inp = linear_set(snr, seed=int(10 * snr))
+    out = solve(inp, TRUE)
+    mean, sigma, t = out["mean"].numpy(), out["var"].sqrt().numpy(), truth.numpy()
+    assert coverage(mean, sigma, t) == pytest.approx(0.683, abs=0.02)
+    assert error_over_sigma(mean, sigma, t) == pytest.approx(1.0, abs=0.03)
+    masked = (inp.ivar <= 0).numpy()
+    assert coverage(mean[masked], sigma[masked], t[masked]) == pytest.approx(0.683, abs=0.04)
+
+
+def active_constants(npix):
+    return [(name, (lo, npix if hi is None else hi), log) for name, (lo, hi), log in FITTED if name != "coverage_power"]
+
+
+@pytest.mark.parametrize("ivar_factor", [1.0, 0.8, 1.25])
+def test_the_held_out_likelihood_fits_the_constants_back_mis_stated_noise_included(ivar_factor, one_thread):
+    sets = [linear_set(snr, seed=100 + i, b=40, ivar_factor=ivar_factor) for i, snr in enumerate((3.0, 10.0, 30.0))]
+    cal, _ = _fit_constants([inp for _, inp in sets], replace(START), active_constants(300))
+    assert cal.noise_scale == pytest.approx(ivar_factor ** 0.5, rel=0.02)
+    assert cal.model_scale == pytest.approx(1.0, rel=0.15)
+    assert cal.smooth_fraction == pytest.approx(0.5, abs=0.15)
+    assert cal.smooth_length == pytest.approx(15.0, rel=0.5)
+    assert cal.spectrum_spread < 0.2 and cal.outlier_fraction < 0.01
+    # with the fitted constants the truth is covered as the model says, at every S/N
+    for truth, inp in sets:
+        out = solve(inp, cal)
+        assert coverage(out["mean"].numpy(), out["var"].sqrt().numpy(), truth.numpy()) == pytest.approx(0.683, abs=0.03)
+
+
+def test_heavy_tails_are_fitted_and_the_outliers_follow_their_data(one_thread):
+    sets = [linear_set(snr, seed=200 + i, b=40, outliers=(0.03, 400.0)) for i, snr in enumerate((10.0, 30.0))]
+    chunks = [inp for _, inp in sets]
+    fits = [_fit_constants(chunks, replace(START, outlier_scale=k), active_constants(300)) for k in OUTLIER_STARTS]
+    cal = min(fits, key=lambda fit: fit[1])[0]           # the starts fit_calibration tries
+    assert cal.noise_scale == pytest.approx(1.0, rel=0.05)
+    assert 0.015 < cal.outlier_fraction < 0.06 and cal.outlier_scale > 50
+    truth, inp = sets[1]
+    out = solve(inp, cal)
+    _, resp = outlier_loglik(inp.x, out["loo_mean"], out["loo_var"], out["white"], cal.outlier_fraction,
+                             cal.outlier_scale)
+    wide = resp > 0.5
+    assert wide.sum() > 50
+    # the pixels judged outliers get their white error widened: the denoised value then follows their data
+    widened = solve(inp, cal, inflate=1 + (cal.outlier_scale - 1) * resp)
+    err_before = (out["mean"] - truth)[wide].pow(2).mean()
+    err_after = (widened["mean"] - truth)[wide].pow(2).mean()
+    assert err_after < 0.5 * err_before
+
+
+def test_a_calibration_round_trips_and_an_unknown_version_is_refused_with_the_fix():
+    cal = Calibration(noise_scale=1.1, smooth_fraction=0.3, n_pixels=12)
+    assert Calibration.from_json(cal.to_json()) == cal
+    with pytest.raises(SpecaeError, match="recalibrate with 'specae calibrate"):
+        Calibration.from_json(cal.to_json().replace('"version": 1', '"version": 99'), "m/calibration.json")
+    with pytest.raises(SpecaeError, match="damaged"):
+        Calibration.from_json("{not json", "m/calibration.json")
+    with pytest.raises(SpecaeError, match="specae calibrate MODEL DATA"):
+        require_calibration(SimpleNamespace(calibration=None))
