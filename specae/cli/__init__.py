@@ -42,11 +42,11 @@ def decay(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from specae.cli import data, gan, latent, model
+    from specae.cli import data, gan, latent, model, repeats
 
     p = argparse.ArgumentParser(prog="specae", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (data, model, gan, latent):
+    for group in (data, model, gan, latent, repeats):
         group.register(sub)
     return p
 

@@ -322,7 +322,9 @@ def read_apogee(path) -> Spectra:
     the individual visits; for one visit the second row is empty), rest frame, 1e-17 erg/s/cm2/A.
     apVisit: the three chips' own pixels in increasing wavelength, chip gaps filled with masked pixels
     at the local spacing (so rebinning cannot smear chip-edge pixels over the gaps); observed frame.
-    apStar/apVisit labels: SNR, VHELIO and the RV-fit RV_TEFF, RV_LOGG, RV_FEH.
+    apStar/apVisit labels: SNR, VHELIO and the RV-fit RV_TEFF, RV_LOGG, RV_FEH. apVisit also: OBJID (the
+    APOGEE object id, to group visits of one star) and VRAD, the velocity relative to the observatory
+    (VHELIO minus the barycentric correction), the shift to the rest frame of the observed-frame visit.
     Masked: error <= 0 or > APOGEE_HUGE_ERR x the median error, flux 0 or non-finite, and (apStar,
     apVisit) the bad-pixel bits APOGEE_BAD_BITS. ivar = 1/error^2.
     """
@@ -382,10 +384,12 @@ def _apvisit(hdul, path: Path) -> Spectra:
     flux, ivar, mask = _apogee_ivar(flux, err, (bits & APOGEE_BAD_BITS) != 0)
 
     head = hdul[0].header
-    labels = _header_labels(head, {"SNR": "SNR", "VHELIO": "VHELIO", "RV_TEFF": "RVTEFF", "RV_LOGG": "RVLOGG",
-                                   "RV_FEH": "RVFEH"})
+    labels = _header_labels(head, {"SNR": "SNR", "VHELIO": "VHELIO", "VRAD": "VRAD", "RV_TEFF": "RVTEFF",
+                                   "RV_LOGG": "RVLOGG", "RV_FEH": "RVFEH"})
+    objid = str(head.get("OBJID", path.stem)).strip()
+    labels["OBJID"] = np.array([objid])
     visit = f"{str(head.get('PLATE', '')).strip()}-{head.get('MJD5', '')}-{head.get('FIBERID', '')}"
-    ids = np.array([f"{str(head.get('OBJID', path.stem)).strip()}:{visit}"])
+    ids = np.array([f"{objid}:{visit}"])
     return Spectra(np.concatenate(waves), flux, ivar, mask, labels, ids,
                    meta={"flux_unit": FLUX_UNIT, "source": "apogee", "frame": "observed"})
 
