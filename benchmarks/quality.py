@@ -7,12 +7,14 @@
     python -m benchmarks.quality --set payne --sweep latent=4,6,8,12 --methods vae-mlp,pca
     python -m benchmarks.quality --set payne --n-train 100000 --stream /tmp/specae-bench --methods vae-mlp,pca
     python -m benchmarks.quality --set galaxy --n-train 3000 --minutes 0 --epochs 60 --sweep seed=0,1,2 --methods vae-mlp
+    python -m benchmarks.quality --set galaxy --noise survey --ivar-factors 0.8,1.25 --methods vae-mlp,pca
 
 Data: the Payne APOGEE emulator (../shared/data/payne; S/N 5-80, APOGEE's bad pixels and random masked
 chunks) or the synthetic galaxies (galaxy_spectra + add_noise; specae and spender decode in the rest frame
-from the redshift label Z, PCA and Savitzky-Golay work in the observed frame). Methods at one latent size K:
-specae VAE (MLP or convolutional decoder), specae AE, weighted EM-PCA, Savitzky-Golay, spender; plus the noisy
-input and, for the emulator, the oracle (the emulator fitted to each noisy spectrum). Figures: see
+from the redshift label Z, PCA and Savitzky-Golay work in the observed frame); --noise survey draws the noise
+of both sets from add_survey_noise instead, --ivar-factors mis-state the test spectra's noise. Methods at one
+latent size K: specae VAE (MLP or convolutional decoder), specae AE, weighted EM-PCA, Savitzky-Golay, spender;
+plus the noisy input and, for the emulator, the oracle (the emulator fitted to each noisy spectrum). Figures: see
 benchmarks/README.md. Writes benchmarks/results/<name>.json, .md and .png through benchmarks/report.py.
 """
 
@@ -22,8 +24,9 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,9 +38,9 @@ from specae.data.payne import LABEL_NAMES, PayneEmulator, default_payne_dir
 from specae.data.readers import read_many
 from specae.data.resample import loglam_grid
 from specae.data.spectra import Spectra
-from specae.data.synthetic import add_noise, galaxy_spectra, galaxy_wave
-from specae.denoise import denoise, encode, heldout
-from specae.metrics import coverage, error_over_sigma, rmse
+from specae.data.synthetic import add_noise, add_survey_noise, galaxy_spectra, galaxy_wave
+from specae.denoise import denoise, encode, heldout, rows_per_batch
+from specae.metrics import coverage, error_over_sigma, gaussian_coverage, quantile_bins, rmse, sum_coverage
 from specae.regress import r2, ridge_fit
 
 SPECAE = {"vae-mlp": ("vae", "mlp"), "vae-conv": ("vae", "conv"), "ae": ("ae", "mlp")}
@@ -65,7 +68,11 @@ REAL_SPECTRA = {"payne": ("apogee/aspcapStar-*.fits",),
 CHUNK = 10_000               # spectra generated per chunk (bounds the emulator's float64 temporaries)
 IN_MEMORY_MAX = 20_000       # with --stream, training rows kept in memory for the methods that need them there
 SWEEPS = {"n-train": None, "latent": "latent_dim", "seed": "seed"}   # --sweep: the option each point sets
-QUICK = {"n_train": 400, "n_test": 100, "pixels": "1000", "minutes": 0.3, "samples": 16, "spender_minutes": 0.3}
+NOISE = {"default": add_noise, "survey": add_survey_noise}     # --noise on galaxies (the emulator: see _mock)
+SNR_BINS = ("low", "mid", "high")     # the test spectra's S/N terciles, each scored on its own
+SUM_LENGTHS = (5, 20, 50)            # adjacent denoised pixels summed (a line flux, a band) for the sums' coverage
+SUM_WINDOWS = 3                      # random windows of each length per test spectrum
+QUICK = {"n_train": 400, "n_test": 100, "pixels": "1000", "minutes": 0.3, "spender_minutes": 0.3}
 
 
 @dataclass
@@ -83,6 +90,11 @@ class Dataset:
                                           # specae streams; `train` then holds their first IN_MEMORY_MAX rows
     thin: np.ndarray | None = None        # (N_test, npix) pixels whose rest wavelength few training spectra cover
     real: Spectra | None = None           # real survey spectra on the set's grid (no truth: held-out pixels)
+
+    @property
+    def snr_bins(self) -> tuple[np.ndarray, np.ndarray]:
+        """The test spectra's S/N terciles: edges (4,) and members (3, N_test) bool."""
+        return quantile_bins(self.test.labels["SNR"], len(SNR_BINS))
 
     @property
     def n_train(self) -> int:
@@ -109,6 +121,16 @@ class Output:
     denoise_seconds: float | None = None
     info: dict = field(default_factory=dict)
     is_input: bool = False                                  # the noisy input itself: values on valid pixels only
+    predicted_coverage: Callable | None = None              # k -> (N_test, npix) P(truth within +-k sigma)
+    sum_variance: Callable | None = None                    # weights (N_test, npix) -> (N_test,) variance of a sum
+
+    def __post_init__(self):
+        if self.sigma is not None:       # a baseline's sigma: a Gaussian standard deviation, pixels independent
+            sigma = self.sigma
+            self.predicted_coverage = self.predicted_coverage or (
+                lambda k: np.full(sigma.shape, gaussian_coverage(k)))
+            self.sum_variance = self.sum_variance or (   # sigma off the window may be inf: never multiply it by 0
+                lambda w: ((w * np.where(w != 0, sigma, 0.0)) ** 2).sum(axis=1))
 
 
 def _window(npix: int, spec: str | None) -> slice:
@@ -123,50 +145,65 @@ def _window(npix: int, spec: str | None) -> slice:
 
 
 def make_dataset(name: str, n_train: int, n_test: int, pixels: str | None = None, seed: int = 0,
-                 stream=None) -> Dataset:
-    """The named set; the test set depends on (seed, n_test, pixels) only, so every training size and latent
-    size of a sweep is scored on the same spectra, and smaller training sets are prefixes of larger ones.
-    With `stream` (a directory) a training set above IN_MEMORY_MAX rows is written there in HDF5 files
-    (reused when present: the chunks are deterministic) and only its first IN_MEMORY_MAX rows are kept."""
+                 stream=None, noise: str = "default") -> Dataset:
+    """The named set; the test set depends on (seed, n_test, pixels, noise) only, so every training
+    size and latent size of a sweep is scored on the same spectra, and smaller training sets are prefixes of
+    larger ones. With `stream` (a directory) a training set above IN_MEMORY_MAX rows is written there in HDF5
+    files (reused when present: the chunks are deterministic) and only its first IN_MEMORY_MAX rows are kept.
+    noise: "default" (the set's own) or "survey" (add_survey_noise), for training and test spectra alike."""
     if stream and n_train > IN_MEMORY_MAX:
         if n_train % CHUNK:
             raise SystemExit(f"--stream: --n-train must be a multiple of {CHUNK}")
-        return _streamed(name, n_train, n_test, pixels, seed, Path(stream))
+        return _streamed(name, n_train, n_test, pixels, seed, Path(stream), noise)
     if name == "payne":
         directory = default_payne_dir()
         if directory is None:
             raise SystemExit("the Payne emulator files (../shared/data/payne or $SPECAE_PAYNE_DIR) are absent")
         full = PayneEmulator(directory)
         emu = full.subset(_window(full.npix, pixels))
-        test, clean = emu.mock(n_test, seed=[seed, 1])
-        train = Spectra.concatenate([_train_chunk(emu, None, a, min(CHUNK, n_train - a), seed)
+        test, clean = _mock(emu, n_test, [seed, 1], noise, [seed, 2])
+        train = Spectra.concatenate([_train_chunk(emu, None, a, min(CHUNK, n_train - a), seed, noise)
                                      for a in range(0, n_train, CHUNK)])
-        return Dataset(name, train, test, clean.flux, ~emu.bad_pixels, None, None, emu,
-                       real=real_spectra(name, test.wave))
-    if name == "galaxy":
+        ds = Dataset(name, train, test, clean.flux, ~emu.bad_pixels, None, None, emu,
+                     real=real_spectra(name, test.wave))
+    elif name == "galaxy":
         wave = galaxy_wave()
         wave = wave[_window(wave.size, pixels)]
         clean = galaxy_spectra(n_test, seed=[seed, 1], wave=wave)
-        test = add_noise(clean, seed=[seed, 2])
-        train = Spectra.concatenate([_train_chunk(None, wave, a, min(CHUNK, n_train - a), seed)
+        test = NOISE[noise](clean, seed=[seed, 2])
+        train = Spectra.concatenate([_train_chunk(None, wave, a, min(CHUNK, n_train - a), seed, noise)
                                      for a in range(0, n_train, CHUNK)])
-        return Dataset(name, train, test, clean.flux, np.ones(wave.size, bool), emission_line_pixels(test), "Z",
-                       thin=thin_coverage_pixels(train, test), real=real_spectra(name, wave))
-    raise SystemExit(f"unknown set {name!r} (payne or galaxy)")
+        ds = Dataset(name, train, test, clean.flux, np.ones(wave.size, bool), emission_line_pixels(test), "Z",
+                     thin=thin_coverage_pixels(train, test), real=real_spectra(name, wave))
+    else:
+        raise SystemExit(f"unknown set {name!r} (payne or galaxy)")
+    return ds
 
 
-def _streamed(name: str, n_train: int, n_test: int, pixels: str | None, seed: int, directory: Path) -> Dataset:
+def _mock(emu: PayneEmulator, n: int, seed, noise: str, noise_seed) -> tuple[Spectra, Spectra]:
+    """(noisy, clean) emulator spectra: the emulator's own mock noise, or with noise "survey" add_survey_noise
+    (seeded by `noise_seed`) with APOGEE's bad pixels masked as the mock masks them."""
+    noisy, clean = emu.mock(n, seed=seed)
+    if noise == "survey":
+        noisy = add_survey_noise(replace(clean, mask=np.broadcast_to(emu.bad_pixels, clean.flux.shape)),
+                                 seed=noise_seed)
+    return noisy, clean
+
+
+def _streamed(name: str, n_train: int, n_test: int, pixels: str | None, seed: int, directory: Path,
+              noise: str) -> Dataset:
     """make_dataset with the training set in files of CHUNK rows, generated chunk by chunk."""
     from specae.data.hdf5 import write_h5
 
-    ds = make_dataset(name, CHUNK, n_test, pixels, seed)       # the test set and the first chunk
+    ds = make_dataset(name, CHUNK, n_test, pixels, seed, None, noise)   # the test set, the first chunk
     directory.mkdir(parents=True, exist_ok=True)
     files, kept = [], []
+    tag = "" if noise == "default" else f"-{noise}"
     for a in range(0, n_train, CHUNK):
-        path = directory / f"{name}-{pixels or 'all'}-seed{seed}-{a:07d}.h5"
+        path = directory / f"{name}{tag}-{pixels or 'all'}-seed{seed}-{a:07d}.h5"
         chunk = None
         if a < IN_MEMORY_MAX or not path.exists():
-            chunk = ds.train if a == 0 else _train_chunk(ds.emulator, ds.test.wave, a, CHUNK, seed)
+            chunk = ds.train if a == 0 else _train_chunk(ds.emulator, ds.test.wave, a, CHUNK, seed, noise)
         if not path.exists():
             write_h5(chunk, path)
         if a < IN_MEMORY_MAX:
@@ -175,12 +212,13 @@ def _streamed(name: str, n_train: int, n_test: int, pixels: str | None, seed: in
     return replace(ds, train=Spectra.concatenate(kept), files=tuple(files))
 
 
-def _train_chunk(emu: PayneEmulator | None, wave: np.ndarray | None, a: int, n: int, seed: int) -> Spectra:
-    """Training spectra a .. a + n of a set: the emulator's stars, or (emu None) galaxies on `wave`.
-    Each chunk has its own seed, so a set's chunks are the same however many are drawn."""
+def _train_chunk(emu: PayneEmulator | None, wave: np.ndarray | None, a: int, n: int, seed: int,
+                 noise: str) -> Spectra:
+    """Training spectra a .. a + n of a set: the emulator's stars, or (emu None) galaxies on `wave`, with the
+    `noise` model's noise. Each chunk has its own seed, so a set's chunks are the same however many are drawn."""
     if emu is not None:
-        return emu.mock(n, seed=[seed, 0, a])[0]
-    return add_noise(galaxy_spectra(n, seed=[seed, 0, a], wave=wave), seed=[seed, 3, a])
+        return _mock(emu, n, [seed, 0, a], noise, [seed, 3, a])[0]
+    return NOISE[noise](galaxy_spectra(n, seed=[seed, 0, a], wave=wave), seed=[seed, 3, a])
 
 
 def shared_data_dir() -> Path | None:
@@ -198,13 +236,12 @@ def real_spectra(name: str, wave: np.ndarray) -> Spectra | None:
     return read_many(paths, wave=wave).drop_empty() if paths else None
 
 
-def real_check(model, ds: Dataset, **options) -> dict:
-    """Held-out pixel figures of a denoiser on the set's real spectra (`specae.denoise.heldout`, `options` to
-    specae's denoise): the fraction of pixels inside +-1 and +-2 sigma (noise included) and the prediction
-    error in units of the noise."""
+def real_check(model, ds: Dataset) -> dict:
+    """Held-out pixel figures of a denoiser on the set's real spectra (`specae.denoise.heldout`): the fraction
+    of pixels inside +-1 and +-2 sigma (noise included) and the prediction error in units of the noise."""
     if ds.real is None:
         return {}
-    h = heldout(model, ds.real, **options)
+    h = heldout(model, ds.real)
     ok = np.isfinite(h.z)
     err = (ds.real.flux - h.flux)[ok] ** 2 * ds.real.ivar[ok]
     return {"real_within_1sigma": float(np.mean(np.abs(h.z[ok]) < 1)),
@@ -241,10 +278,12 @@ def _ridge_subset(train: Spectra, seed: int) -> Spectra:
 
 def run_specae(ds: Dataset, method: str, args, overrides: dict | None = None) -> dict[str, Output]:
     """Train a specae model (method in SPECAE, or a --variant of one, whose `overrides` set ModelConfig and
-    TrainConfig fields) and denoise the test set; with --combine also the variant updated pixel by pixel
-    with the data."""
+    TrainConfig fields) and denoise the test set; with --ivar-factors also the test spectra with their ivar
+    multiplied by each factor (mis-stated noise), before and after recalibrating the error model on those
+    spectra alone (their ivar as given, no truth)."""
     from dataclasses import fields
 
+    from specae.calibration import fit_calibration
     from specae.models.config import ModelConfig
     from specae.train import TrainConfig, fit
 
@@ -264,7 +303,10 @@ def run_specae(ds: Dataset, method: str, args, overrides: dict | None = None) ->
     else:
         model, hist = fit(*ds.train.split((0.9, 0.1), seed=args.seed), model_cfg, train_cfg)
     t0 = time.perf_counter()
-    d = denoise(model, ds.test, n_samples=args.samples)   # the default: combined with the data where it helps
+    fit_calibration(model, hist["validation"])     # fit only trains; the error model is fitted on validation rows
+    calibration_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    d = denoise(model, ds.test, covariance=True)
     seconds = time.perf_counter() - t0
     # the amortised encoder's means: the model's latents as such, and no Laplace refinement (a Jacobian
     # through the decoder per spectrum, minutes for the conv decoder on a CPU) is needed for a regression
@@ -272,14 +314,31 @@ def run_specae(ds: Dataset, method: str, args, overrides: dict | None = None) ->
                                                                                  ds.test))
     info = {"epochs": len(hist["epoch"]), "best_epoch": hist["best_epoch"], "overrides": overrides,
             "train_rows": hist["n_train"], "val_rows": hist["n_val"],
-            "unseen_fraction": float(np.mean(getattr(d, "unseen", False))), "sigma_scale": hist.get("sigma_scale"),
+            "unseen_fraction": float(np.mean(d.unseen)), "calibration": asdict(model.calibration),
+            "calibration_seconds": calibration_seconds,
             "rmse_best_latent": best_latent_rmse(model, ds) if kind == "vae" else None, **real_check(model, ds)}
-    out = {method: Output(d.flux, d.sigma, latents, None, hist["minutes"], seconds, info)}
-    if args.combine and kind == "vae":              # the AE has no latent posterior to leave a pixel out of
-        dm = denoise(model, ds.test, n_samples=args.samples, combine=False)
-        out[method + " (model alone)"] = Output(dm.flux, dm.sigma, None, None, hist["minutes"], None,
-                                                {**info, **real_check(model, ds, combine=False)})
+    out = {method: _denoised_output(d, latents, hist["minutes"], seconds, info)}
+    trained = model.calibration
+    for factor in args.ivar_factors:
+        mis = replace(ds.test, ivar=ds.test.ivar * factor)
+        t0 = time.perf_counter()
+        d = denoise(model, mis, covariance=True)
+        out[f"{method} ivar×{factor:g}"] = _denoised_output(d, None, None, time.perf_counter() - t0,
+                                                             {"calibration": asdict(trained)})
+        t0 = time.perf_counter()
+        fit_calibration(model, mis)
+        t1 = time.perf_counter()
+        d = denoise(model, mis, covariance=True)
+        info = {"calibration": asdict(model.calibration), "calibration_seconds": t1 - t0}
+        out[f"{method} ivar×{factor:g} recalibrated"] = _denoised_output(d, None, None, time.perf_counter() - t1, info)
+        model.calibration = trained
     return out
+
+
+def _denoised_output(d, latents, minutes, seconds, info) -> Output:
+    """An Output of specae's Denoised `d` (computed with covariance=True), with its error model."""
+    return Output(d.flux, d.sigma, latents, None, minutes, seconds, info, predicted_coverage=d.predicted_coverage,
+                  sum_variance=d.covariance.sum_variance)
 
 
 def best_latent_rmse(model, ds: Dataset, snr: float = 1e4) -> float:
@@ -287,13 +346,22 @@ def best_latent_rmse(model, ds: Dataset, snr: float = 1e4) -> float:
     as data at S/N `snr` per pixel, the decoder posterior run to convergence). The fit weights each pixel by
     1/sigma_model^2, so where the decoder's scatter is nearly flat (the emulator's stars) this is the floor of
     what the decoder can represent, against which the denoised RMSE measures the cost of inferring the
-    latents from noisy data; where the scatter singles out lines (galaxies) it is no RMSE floor."""
+    latents from noisy data; where the scatter singles out lines (galaxies) it is no RMSE floor.
+    The model spectrum at the posterior's mode is scored, not the denoised one, which the error model pulls
+    onto data this precise (the truth itself)."""
+    from specae.calibration import model_input, model_terms
+
     ev = np.broadcast_to(ds.evaluable, ds.truth.shape)
     level = np.median(np.abs(ds.truth), axis=1, keepdims=True)
     ivar = np.where(ev, (snr / np.where(level > 0, level, 1.0)) ** 2, 0.0).astype(np.float32)
-    clean = Spectra(ds.test.wave, ds.truth.astype(np.float32), ivar, ~ev, ds.test.labels)
-    d = denoise(model, clean, posterior="decoder", combine=False)
-    return rmse(d.flux, ds.truth, ev & ~d.unseen)
+    data, scale, _ = model_input(model, Spectra(ds.test.wave, ds.truth.astype(np.float32), ivar, ~ev, ds.test.labels))
+    dev, rows, parts = next(model.parameters()).device, rows_per_batch(model), []
+    for i in range(0, len(data), rows):
+        b = data[i:i + rows].to(dev)
+        m = model_terms(model, b, model.calibration, "decoder").m
+        parts.append(torch.where(model.unseen(b.z, len(b)), np.nan, m).cpu().numpy())
+    flux = np.concatenate(parts) * scale[:, None]
+    return rmse(flux, ds.truth, ev & np.isfinite(flux))
 
 
 def _latent_mean(encoded) -> np.ndarray:
@@ -400,11 +468,20 @@ def score(ds: Dataset, out: Output, seed: int) -> dict:
              "thin": None if thin is None else (thin & valid if noisy else thin)}
     f = {f"rmse_{k}": (rmse(flux, truth, w) if w is not None and w.any() else None) for k, w in where.items()}
     f["chi2_dof"] = None if noisy else float(np.mean((test.ivar * (flux - test.flux) ** 2)[valid]))
+    where.update({f"snr_{b}": where["all"] & member[:, None] for b, member in zip(SNR_BINS, ds.snr_bins[1])})
+    # sigma figures where the method gives an estimate (specae: sigma inf at wavelengths it never saw)
+    seen = None if out.sigma is None else ev & np.isfinite(out.sigma)
+    predicted = None if out.sigma is None else {n: out.predicted_coverage(n) for n in (1, 2)}
     for k, w in where.items():
-        ok = out.sigma is not None and w is not None and w.any()
+        w = None if seen is None or w is None else w & seen
+        ok = w is not None and w.any()
         for n in (1, 2):
             f[f"coverage_{n}sigma_{k}"] = coverage(flux, out.sigma, truth, n, w) if ok else None
+            f[f"predicted_{n}sigma_{k}"] = float(np.mean(predicted[n][w])) if ok else None
         f[f"error_over_sigma_{k}"] = error_over_sigma(flux, out.sigma, truth, w) if ok else None
+    for n in SUM_LENGTHS:
+        f[f"sum_coverage_{n}"] = None if seen is None else sum_coverage(flux, truth, out.sum_variance, seen, n,
+                                                                        SUM_WINDOWS, seed=seed)
     names = list(R2_LABELS[ds.name])
     if out.labels is not None:                           # the oracle's fitted labels themselves
         r2s = {n: r2(out.labels[:, LABEL_NAMES.index(n)], _label(ds, test, n)) for n in names}
@@ -427,12 +504,7 @@ def row(ds: Dataset, method: str, f: dict | None, oracle_rmse: float | None, rea
              "RMSE/oracle": None if not (oracle_rmse and g("rmse_all")) else g("rmse_all") / oracle_rmse,
              "RMSE best latent": g("rmse_best_latent"),
              "RMSE masked": g("rmse_masked"), "RMSE lines": g("rmse_lines"), "chi2/dof": g("chi2_dof"),
-             "±1σ": g("coverage_1sigma_all"), "±2σ": g("coverage_2sigma_all"),
-             "±1σ masked": g("coverage_1sigma_masked"), "±2σ masked": g("coverage_2sigma_masked"),
-             "±1σ lines": g("coverage_1sigma_lines"), "±2σ lines": g("coverage_2sigma_lines"),
-             "±1σ thin": g("coverage_1sigma_thin"), "±2σ thin": g("coverage_2sigma_thin"),
-             "err/σ": g("error_over_sigma_all"), "err/σ masked": g("error_over_sigma_masked"),
-             "err/σ lines": g("error_over_sigma_lines"), "err/σ thin": g("error_over_sigma_thin"),
+             "±1σ": g("coverage_1sigma_all"), "±2σ": g("coverage_2sigma_all"), "err/σ": g("error_over_sigma_all"),
              "real ±1σ": g("real_within_1sigma"), "real ±2σ": g("real_within_2sigma"),
              "real err/noise": g("real_err_over_noise")}
     for part, given in (("lines", ds.lines), ("thin", ds.thin), ("real", ds.real)):
@@ -443,6 +515,23 @@ def row(ds: Dataset, method: str, f: dict | None, oracle_rmse: float | None, rea
     cells.update({f"R² {n}": (f.get("r2") or {}).get(n) for n in (*R2_LABELS[ds.name], "mean")})
     cells.update({"train min": g("train_minutes"), "denoise s": g("denoise_seconds")})
     return cells
+
+
+def error_model_rows(ds: Dataset, method: str, f: dict) -> list[dict]:
+    """Rows of the error-model table for one method with a sigma (none otherwise): per pixel group and S/N
+    tercile the coverage measured against the truth beside the one its predictive distribution claims, err/σ;
+    then the coverage of sums of adjacent pixels."""
+    edges = ds.snr_bins[0]
+    groups = {"all": "all", "masked": "masked", "lines": "emission lines", "thin": "thin coverage",
+              **{f"snr_{b}": f"S/N {lo:.3g}–{hi:.3g}" for b, lo, hi in zip(SNR_BINS, edges, edges[1:])}}
+    rows = [{"method": method, "pixels": label, "±1σ": f[f"coverage_1sigma_{k}"],
+             "predicted ±1σ": f[f"predicted_1sigma_{k}"], "±2σ": f[f"coverage_2sigma_{k}"],
+             "predicted ±2σ": f[f"predicted_2sigma_{k}"], "err/σ": f[f"error_over_sigma_{k}"]}
+            for k, label in groups.items() if f.get(f"coverage_1sigma_{k}") is not None]
+    empty = dict.fromkeys(("predicted ±1σ", "±2σ", "predicted ±2σ", "err/σ"))
+    rows += [{"method": method, "pixels": f"sums of {n}", "±1σ": f[f"sum_coverage_{n}"], **empty}
+             for n in SUM_LENGTHS if f.get(f"sum_coverage_{n}") is not None]
+    return rows
 
 
 def evaluate(ds: Dataset, args, cache: dict | None = None) -> tuple[dict, list[dict], dict[str, Output]]:
@@ -563,10 +652,14 @@ def parse(argv):
                         "whatever the machine's load)")
     p.add_argument("--spender-minutes", type=float, default=None, help="spender's budget (default --minutes)")
     p.add_argument("--epochs", type=int, default=500, help="epoch cap per model (spender: at most 200)")
-    p.add_argument("--samples", type=int, default=64, help="posterior samples per spectrum (specae denoise)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
-    p.add_argument("--combine", action="store_true",
-                   help="also score specae's denoise(..., combine=False): the model's prediction without the data")
+    p.add_argument("--noise", choices=tuple(NOISE), default="default",
+                   help="noise of the training and test spectra: the set's own (the emulator's mock, add_noise), or "
+                        "add_survey_noise (S/N 3-100, clusters of inflated sigma, dead runs, garbage under masks)")
+    p.add_argument("--ivar-factors", default="", metavar="F1,F2",
+                   help="also score specae on the test spectra with their ivar multiplied by each F (mis-stated noise; "
+                        "training unchanged), before and after recalibrating on those spectra alone "
+                        "(specae.calibration.fit_calibration)")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD:KEY=VALUE,...",
                    help="a specae method with ModelConfig/TrainConfig fields changed, e.g. "
                         "heldout=vae-mlp:monitor=heldout_chi2_dof (repeatable; added to --methods)")
@@ -587,6 +680,12 @@ def parse(argv):
         p.set_defaults(**QUICK)
     args = p.parse_args(argv)
     args.minutes = args.minutes or None
+    try:
+        args.ivar_factors = [float(v) for v in args.ivar_factors.split(",") if v.strip()]
+    except ValueError:
+        p.error("--ivar-factors takes positive numbers, e.g. 0.8,1.25")
+    if not all(f > 0 for f in args.ivar_factors):
+        p.error("--ivar-factors takes positive numbers, e.g. 0.8,1.25")
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.variants = {}
     for spec in args.variant:
@@ -616,12 +715,13 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     command = " ".join(["python -m benchmarks.quality", *argv])
-    suffix = (f"-sweep-{args.sweep[0]}" if args.sweep else "") + ("-quick" if args.quick else "")
+    suffix = "".join([f"-{args.noise}" if args.noise != "default" else "",
+                      f"-sweep-{args.sweep[0]}" if args.sweep else "", "-quick" if args.quick else ""])
     name = args.name or f"quality-{args.set}{suffix}"
     n_max = max(args.sweep[1]) if args.sweep and args.sweep[0] == "n-train" else args.n_train
-    ds = make_dataset(args.set, n_max, args.n_test, args.pixels, args.seed, args.stream)
+    ds = make_dataset(args.set, n_max, args.n_test, args.pixels, args.seed, args.stream, args.noise)
     base = {"set": args.set, "options": vars(args), "npix": ds.test.npix, "n_test": len(ds.test),
-            "wave_range": [float(ds.test.wave[0]), float(ds.test.wave[-1])]}
+            "wave_range": [float(ds.test.wave[0]), float(ds.test.wave[-1])], "snr_bins": ds.snr_bins[0]}
     notes = [
         "RMSE: to the noise-free truth over every pixel the data can constrain (masked pixels of single spectra "
         "included; the emulator's always-masked APOGEE pixels excluded); the noisy input over its valid pixels.",
@@ -635,6 +735,13 @@ def main(argv: list[str] | None = None) -> dict:
         "without sigma.",
         "err/σ: RMS of (denoised - truth) / sigma (1 when sigma is right in variance; with heavy-tailed errors ±1σ "
         "can read 68 % while this is far from 1).",
+        "Error model table: ±kσ and err/σ per pixel group and per S/N tercile of the test spectra, beside the "
+        "'predicted ±kσ', the mean probability of the truth lying inside ±kσ under the method's own predictive "
+        "distribution (specae: Denoised.predicted_coverage, 68.3/95.4 % where it is Gaussian, otherwise what its "
+        "heavy tails make of ±kσ; baselines: Gaussian); sigma figures are over pixels with a finite sigma. Sums of n: "
+        f"{SUM_WINDOWS} random windows of n adjacent pixels with a finite sigma per test spectrum, the fraction whose "
+        "true sum lies inside the denoised sum ± 1σ, σ² from the pixel covariance (specae: "
+        "PixelCovariance.sum_variance; baselines: pixels taken as independent); calibrated: 68.3 %.",
         "R²: ridge regression from training latents to the label, scored on the test set (oracle: its fitted "
         "labels)" + "".join(f"; {k} as {v.__name__}" for k, v in R2_LABELS[args.set].items() if v) + ".",
     ]
@@ -650,6 +757,13 @@ def main(argv: list[str] | None = None) -> dict:
                      "a time), predicted from the rest and compared with its measurement: ±kσ is the fraction "
                      "inside the prediction ± k sqrt(sigma² + noise²), err/noise the RMS of (measured - "
                      "predicted) / noise (1: as good as the truth would be).")
+    if args.noise == "survey":
+        notes.append("Noise: add_survey_noise for training and test spectra (S/N 3-100, 2-5 % of pixels in clusters "
+                     "with 2-6x sigma recorded in ivar, dead pixels and runs, garbage flux under every mask).")
+    if args.ivar_factors:
+        notes.append("Mis-stated noise: '<method> ivar×F', specae on the test spectra with their ivar multiplied by F "
+                     "(training and the trained calibration unchanged); '... recalibrated': after "
+                     "specae.calibration.fit_calibration on those test spectra alone (no truth).")
     if ds.files:
         notes.append(f"Training sets above {IN_MEMORY_MAX} spectra are streamed to specae from HDF5 files; "
                      f"the other methods fit their first {IN_MEMORY_MAX} spectra, held in memory.")
@@ -658,8 +772,9 @@ def main(argv: list[str] | None = None) -> dict:
         figures, rows, outputs = evaluate(ds, args)
         plots = {"rmse": plot_rmse(figures), "example": plot_example(ds, outputs)}
         wall = {"wall_minutes": (time.perf_counter() - started) / 60}
+        errors = [r for m, f in figures["methods"].items() for r in error_model_rows(ds, m, f)]
         return write_results(name, {**base, "n_train": ds.n_train, **figures, **wall}, rows, command, plots,
-                             args.results_dir, device, notes)
+                             args.results_dir, device, notes, {"Error model": errors})
 
     param, values = args.sweep
     per_value, rows, cache = [], [], {}

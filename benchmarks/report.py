@@ -67,21 +67,24 @@ def git_commit() -> str:
 
 def write_results(name: str, figures: dict, table_rows: list[dict], command: str,
                   plots: dict[str, Callable] | None = None, results_dir: Path | str | None = None,
-                  device: str | None = None, notes: list[str] | None = None) -> dict[str, Path]:
+                  device: str | None = None, notes: list[str] | None = None,
+                  tables: dict[str, list[dict]] | None = None) -> dict[str, Path]:
     """Write results/<name>.json, results/<name>.md and results/<name>-<plot>.png; return their paths.
 
     figures: everything measured (JSON-serialisable; numpy scalars and arrays are converted, NaN/inf become
     null). table_rows: one dict per table row, same keys in the same order in every row (missing cells
     print as "–"). plots: {plot name: function drawing on a fresh matplotlib Figure}. notes: lines printed
-    under the table (what the columns mean, caveats).
+    under the tables (what the columns mean, caveats). tables: {title: rows} further tables, each under its
+    title after the main one (figures that would make the main table too wide to read).
     """
     out_dir = Path(results_dir) if results_dir is not None else RESULTS
     stamp = {"machine": machine(device), "commit": git_commit(), "command": command,
              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    payload = {"name": name, **stamp, "figures": figures, "table": table_rows, "notes": notes or []}
+    payload = {"name": name, **stamp, "figures": figures, "table": table_rows, "tables": tables or {},
+               "notes": notes or []}
     text_json = json.dumps(_plain(payload), indent=1, allow_nan=False)
     pngs = {f"{name}-{key}.png": _render(draw) for key, draw in (plots or {}).items()}
-    text_md = _markdown(name, stamp, table_rows, notes or [], list(pngs))
+    text_md = _markdown(name, stamp, table_rows, notes or [], list(pngs), tables or {})
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -137,7 +140,17 @@ def _cell(value) -> str:
     return str(value).replace("|", "\\|")
 
 
-def _markdown(name: str, stamp: dict, rows: list[dict], notes: list[str], pngs: list[str]) -> str:
+def _table(rows: list[dict]) -> list[str]:
+    """Markdown lines of a table (with a blank line after it); none for no rows."""
+    if not rows:
+        return []
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    return ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
+            *("| " + " | ".join(_cell(row.get(k)) for k in keys) + " |" for row in rows), ""]
+
+
+def _markdown(name: str, stamp: dict, rows: list[dict], notes: list[str], pngs: list[str],
+              tables: dict[str, list[dict]]) -> str:
     m = stamp["machine"]
     lines = [f"# {name}", "",
              f"- machine: {m['name']}" + ("" if m["gpu"] and m["name"] == m["gpu"] else
@@ -146,11 +159,9 @@ def _markdown(name: str, stamp: dict, rows: list[dict], notes: list[str], pngs: 
              f"- commit: `{stamp['commit']}`",
              f"- command: `{stamp['command']}`",
              f"- date: {stamp['date']}", ""]
-    if rows:
-        keys = list(dict.fromkeys(k for row in rows for k in row))
-        lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-        lines += ["| " + " | ".join(_cell(row.get(k)) for k in keys) + " |" for row in rows]
-        lines.append("")
+    lines += _table(rows)
+    for title, extra in tables.items():
+        lines += [f"## {title}", "", *_table(extra)]
     lines += [f"- {note}" for note in notes]
     if notes:
         lines.append("")

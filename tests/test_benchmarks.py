@@ -10,8 +10,7 @@ from benchmarks import quality, report
 
 from .conftest import shared_dir
 
-TINY = ["--n-train", "200", "--n-test", "40", "--pixels", "300", "--latent-dim", "3", "--epochs", "2",
-        "--samples", "8", "--seed", "1"]
+TINY = ["--n-train", "200", "--n-test", "40", "--pixels", "300", "--latent-dim", "3", "--epochs", "2", "--seed", "1"]
 
 
 def _finite_numbers(value):
@@ -49,6 +48,10 @@ def test_quality_suite_on_the_emulator(tmp_path, one_thread):
         assert 0 < m[name]["coverage_1sigma_all"] < m[name]["coverage_2sigma_all"] <= 1
         assert m[name]["rmse_masked"] is not None and m[name]["chi2_dof"] > 0
         assert m[name]["error_over_sigma_all"] > 0 and m[name]["error_over_sigma_masked"] > 0
+        assert 0 < m[name]["predicted_1sigma_all"] < m[name]["predicted_2sigma_all"] <= 1
+        assert 0 <= m[name]["sum_coverage_5"] <= 1 and 0 <= m[name]["sum_coverage_20"] <= 1, name
+        assert m[name]["sum_coverage_50"] is None       # APOGEE's bad pixels leave no 50 in a row in this window
+    assert set(m["vae-mlp"]["calibration"]) >= {"noise_scale", "model_scale"}
     assert m["oracle"]["rmse_all"] < 0.2 * m["noisy"]["rmse_all"] and m["oracle"]["r2"]["TEFF"] > 0.3
     assert m["pca"]["r2"]["mean"] is not None and m["sg"]["r2"]["mean"] is None
     assert len(data["table"]) == 5 and "| vae-mlp |" in md and "RMSE/oracle" in md
@@ -70,10 +73,55 @@ def test_quality_suite_on_galaxies_names_a_missing_peer(tmp_path, monkeypatch):
     data, md = _check_stamp(written, "galaxy-smoke", argv)
     m = data["figures"]["methods"]
     assert m["sg"]["rmse_lines"] is not None and m["noisy"]["coverage_1sigma_all"] is None
-    assert m["sg"]["error_over_sigma_lines"] > 0 and m["noisy"]["error_over_sigma_all"] is None and "err/σ lines" in md
+    assert m["sg"]["error_over_sigma_lines"] > 0 and m["noisy"]["error_over_sigma_all"] is None
+    # the error-model table: every pixel group and S/N tercile, then the sums, for the methods with a sigma
+    edges = data["figures"]["snr_bins"]
+    assert len(edges) == 4 and edges[0] < edges[1] < edges[2] < edges[3]
+    for k in ("all", "masked", "lines", "thin", "snr_low", "snr_mid", "snr_high"):
+        assert 0 < m["sg"][f"coverage_1sigma_{k}"] < m["sg"][f"coverage_2sigma_{k}"] <= 1, k
+        assert m["sg"][f"predicted_1sigma_{k}"] == pytest.approx(0.6827, abs=1e-4), k    # a Gaussian sigma
+        assert m["sg"][f"predicted_2sigma_{k}"] == pytest.approx(0.9545, abs=1e-4), k
+        assert m["noisy"][f"predicted_1sigma_{k}"] is None
+    assert all(0 <= m["sg"][f"sum_coverage_{n}"] <= 1 for n in (5, 20, 50)) and m["noisy"]["sum_coverage_5"] is None
+    table = data["tables"]["Error model"]
+    assert {r["method"] for r in table} == {"pca", "sg"} and len(table) == 2 * (7 + 3)
+    assert "## Error model" in md and "| sg | emission lines |" in md and "| sg | sums of 50 |" in md
+    assert f"| sg | S/N {edges[0]:.3g}–{edges[1]:.3g} |" in md
     assert "spender" in data["figures"]["unavailable"]
     assert "spender: not installed (ModuleNotFoundError: No module named 'spender')" in md
     assert "R² HA_EW" in md and "RMSE lines" in md and "RMSE/oracle" not in md
+
+
+def test_survey_noise_changes_the_noise_of_the_same_galaxies(tmp_path):
+    plain, survey = (quality.make_dataset("galaxy", 60, 40, "300", 1, noise=noise) for noise in ("default", "survey"))
+    assert not np.array_equal(plain.test.flux, survey.test.flux)
+    assert not np.array_equal(plain.train.flux, survey.train.flux)
+    np.testing.assert_array_equal(plain.truth, survey.truth)                  # the same galaxies
+    argv = ["--set", "galaxy", *TINY, "--methods", "sg", "--noise", "survey", "--ivar-factors", "0.8",
+            "--results-dir", str(tmp_path)]
+    data, md = _check_stamp(quality.main(argv), "quality-galaxy-survey", argv)
+    assert set(data["figures"]["methods"]) == {"noisy", "sg"}                  # nothing to recalibrate
+    assert "add_survey_noise" in md and "multiplied by F" in md
+
+
+def test_specae_is_scored_before_and_after_recalibration_on_misstated_noise(tmp_path, one_thread):
+    argv = ["--set", "galaxy", *TINY, "--methods", "vae-mlp", "--ivar-factors", "1.25", "--results-dir",
+            str(tmp_path)]
+    data, md = _check_stamp(quality.main(argv), "quality-galaxy", argv)
+    m = data["figures"]["methods"]
+    assert set(m) == {"noisy", "vae-mlp", "vae-mlp ivar×1.25", "vae-mlp ivar×1.25 recalibrated"}
+    trained, before, after = (m[k]["calibration"] for k in ("vae-mlp", "vae-mlp ivar×1.25",
+                                                             "vae-mlp ivar×1.25 recalibrated"))
+    assert before == trained and 0 < after["n_spectra"] <= 40                 # refitted on the 40 test spectra
+    # ivar x 1.25: the stated sigma is too small by 1.25^0.5
+    assert after["noise_scale"] / trained["noise_scale"] == pytest.approx(1.25 ** 0.5, rel=0.05)
+    for name in ("vae-mlp", "vae-mlp ivar×1.25 recalibrated"):
+        f = m[name]
+        for k in ("all", "masked", "lines", "snr_low", "snr_high"):
+            assert 0 < f[f"coverage_1sigma_{k}"] < f[f"coverage_2sigma_{k}"] <= 1, (name, k)
+            assert 0 < f[f"predicted_1sigma_{k}"] < f[f"predicted_2sigma_{k}"] <= 1, (name, k)
+        assert all(0 <= f[f"sum_coverage_{n}"] <= 1 for n in quality.SUM_LENGTHS), name
+    assert "| vae-mlp ivar×1.25 recalibrated | sums of 50 |" in md
 
 
 def test_sweep_writes_one_file_with_a_plot(tmp_path):
@@ -124,10 +172,13 @@ def test_write_results_leaves_nothing_when_a_plot_fails(tmp_path):
         report.write_results("x", {"a": 1.0}, [{"m": "a"}], "cmd", {"p": broken}, results_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
     written = report.write_results("x", {"a": np.float32(2.5), "b": float("nan"), "c": np.arange(2)},
-                                   [{"m": "a", "v": 0.000123}, {"m": "b", "v": None}], "cmd", results_dir=tmp_path)
+                                   [{"m": "a", "v": 0.000123}, {"m": "b", "v": None}], "cmd", results_dir=tmp_path,
+                                   notes=["a note"], tables={"More": [{"m": "a", "w": 0.5}]})
     data = json.loads(written["x.json"].read_text())
-    assert data["figures"] == {"a": 2.5, "b": None, "c": [0, 1]}
-    assert "| a | 1.23e-04 |" in written["x.md"].read_text() and "| b | – |" in written["x.md"].read_text()
+    assert data["figures"] == {"a": 2.5, "b": None, "c": [0, 1]} and data["tables"] == {"More": [{"m": "a", "w": 0.5}]}
+    md = written["x.md"].read_text()
+    assert "| a | 1.23e-04 |" in md and "| b | – |" in md
+    assert md.index("| b | – |") < md.index("## More\n\n| m | w |\n|---|---|\n| a | 0.5 |\n") < md.index("- a note")
 
 
 def test_quality_streams_a_large_training_set_from_hdf5(tmp_path, monkeypatch, one_thread):

@@ -5,11 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.ndimage import median_filter
 
 from specae.data.hdf5 import read_h5
 from specae.data.payne import LABEL_NAMES, VALID_RANGE, PayneEmulator, default_payne_dir
-from specae.data.synthetic import (GALAXY_LABELS, STELLAR_LABELS, add_noise, default_dataset, galaxy_spectra,
-                                   galaxy_wave, stellar_spectra, stellar_wave, write_default_data)
+from specae.data.synthetic import (GALAXY_LABELS, STELLAR_LABELS, add_noise, add_survey_noise, default_dataset,
+                                   galaxy_spectra, galaxy_wave, stellar_spectra, stellar_wave, write_default_data)
 from specae.errors import SpecaeError
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -71,7 +72,8 @@ def test_galaxy_shapes_and_labels(galaxies):
 
 
 @pytest.mark.parametrize("make", [lambda s: stellar_spectra(5, seed=s), lambda s: galaxy_spectra(5, seed=s),
-                                  lambda s: add_noise(stellar_spectra(5, seed=0), seed=s)])
+                                  lambda s: add_noise(stellar_spectra(5, seed=0), seed=s),
+                                  lambda s: add_survey_noise(stellar_spectra(5, seed=0), seed=s)])
 def test_seed_determines_everything(make):
     a, b, c = make(7), make(7), make(8)
     assert np.array_equal(a.flux, b.flux) and np.array_equal(a.ivar, b.ivar) and np.array_equal(a.mask, b.mask)
@@ -176,6 +178,42 @@ def test_noise_options():
     assert np.all(ratio > 2)
     with pytest.raises(SpecaeError):
         add_noise(clean, snr=(10, 5))
+
+
+@pytest.mark.parametrize("kind", ["stars", "galaxies"])
+def test_survey_noise_is_honest_and_unlike_add_noise(kind, request):
+    clean = request.getfixturevalue(kind)
+    before = clean.flux.copy()
+    noisy = add_survey_noise(clean, seed=11)
+    assert np.array_equal(clean.flux, before) and np.array_equal(noisy.ids, clean.ids)
+    good = ~noisy.mask
+    assert _chi2(noisy, clean) == pytest.approx(1.0, abs=0.05)
+    # S/N 3-100, beyond add_noise's 5-80 at both ends, and as the label says
+    snr = noisy.labels["SNR"]
+    assert 3 <= snr.min() < 5 and 80 < snr.max() <= 100
+    measured = np.array([np.median(np.abs(clean.flux[i, g])) * np.median(np.sqrt(noisy.ivar[i, g]))
+                         for i, g in enumerate(good)])
+    assert measured == pytest.approx(snr, rel=0.1)
+    # inflated pixels: sigma over 1.6x its running median (a cluster is at most 5 of 15 pixels), 2-5 % of the
+    # pixels, and their ivar records the inflation (chi2 ~ 1 there alone)
+    sigma = 1 / np.sqrt(np.where(good, noisy.ivar, np.nan))
+    local = median_filter(np.where(good, sigma, np.nanmedian(sigma, axis=1, keepdims=True)), size=(1, 15))
+    inflated = good & (sigma > 1.6 * local)
+    assert 0.02 < inflated.mean() < 0.05
+    chi2 = (noisy.flux - clean.flux) ** 2 * noisy.ivar
+    assert chi2[inflated].mean() == pytest.approx(1.0, abs=0.1)
+    # masks: ivar 0, finite garbage unlike the truth (zeros, or 10-1000x the median flux), single dead pixels
+    # and 1-2 runs per spectrum
+    mask = noisy.mask
+    assert np.all(noisy.ivar[mask] == 0) and np.all(noisy.ivar[good] > 0) and np.all(np.isfinite(noisy.flux))
+    assert np.all(noisy.flux[mask] != clean.flux[mask]) and 0.005 < mask.mean() < 0.05
+    garbage = noisy.flux[mask]
+    big = np.abs(garbage) > 10 * np.broadcast_to(np.median(np.abs(clean.flux), axis=1)[:, None], mask.shape)[mask]
+    assert 0.2 < np.mean(garbage == 0) < 0.4 and np.mean(big) > 0.6 and (garbage < 0).any()
+    edges = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(int), axis=1)
+    runs = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)       # lengths of the masked runs
+    assert (runs == 1).sum() > len(clean) and (runs >= 5).sum() >= len(clean) // 2
+    assert np.all(mask.any(axis=1)), "every spectrum has a dead run"
 
 
 def test_default_dataset_and_files(tmp_path):

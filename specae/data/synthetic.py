@@ -1,4 +1,4 @@
-"""Synthetic spectra with known truth: stars, galaxies, and a survey-like noise model.
+"""Synthetic spectra with known truth: stars, galaxies, and two different survey-like noise models.
 
 Everything is analytic and vectorised over spectra (the only Python loops run over spectral lines),
 so a few thousand spectra take about a second. Line profiles are pseudo-Voigt functions averaged
@@ -7,6 +7,7 @@ on any grid, even when narrower than a pixel. All wavelengths are vacuum Angstro
 
     clean = stellar_spectra(500, seed=1)          # noise-free truth, ivar = 1
     noisy = add_noise(clean, seed=2)              # what a survey would deliver
+    other = add_survey_noise(clean, seed=2)       # a second, different survey: tests need no retuning
     noisy, clean = default_dataset("galaxy", n=500, seed=3)
 """
 
@@ -425,9 +426,9 @@ def _sky_variance(wave):
     return out[0]
 
 
-def _chunks(rng, n, npix, max_chunks=3, length=(5, 60)):
-    """(n, npix) bool: 0..max_chunks contiguous bad runs per spectrum (bad CCD columns, dropouts)."""
-    count = rng.integers(0, max_chunks + 1, n)
+def _chunks(rng, n, npix, max_chunks=3, length=(5, 60), min_chunks=0):
+    """(n, npix) bool: min_chunks..max_chunks contiguous bad runs per spectrum (bad CCD columns, dropouts)."""
+    count = rng.integers(min_chunks, max_chunks + 1, n)
     start = rng.integers(0, npix, (n, max_chunks))
     size = rng.integers(length[0], length[1] + 1, (n, max_chunks))
     pix = np.arange(npix)
@@ -484,6 +485,56 @@ def add_noise(clean: Spectra, seed=0, snr=(5, 80), sky_lines: bool = True, maske
         dead = rng.uniform(size=(n, npix)) < 0.002
         flux[dead] = truth[dead] + 20 * sigma[dead]
         mask |= dead
+    ivar = np.where(mask, 0.0, sigma**-2.0)
+    return Spectra(clean.wave, flux, ivar, mask, {**clean.labels, "SNR": s2n}, clean.ids, clean.scale,
+                   dict(clean.meta))
+
+
+def _clusters(rng, n, npix, fraction, length=(2, 5), factor=(2.0, 6.0)):
+    """(n, npix) sigma factors: clusters of `length` pixels at random places, each with its own factor drawn
+    uniformly in `factor`, covering about `fraction` (n,) of each spectrum; 1 elsewhere."""
+    lo, hi = length
+    starts = rng.uniform(size=(n, npix)) < (fraction / ((lo + hi) / 2))[:, None]
+    size = rng.integers(lo, hi + 1, (n, npix))
+    amp = np.where(starts, rng.uniform(*factor, (n, npix)), 1.0)
+    out = np.ones((n, npix))
+    for offset in range(hi):        # each start spreads its factor over the next size - 1 pixels
+        grown = np.where(size[:, :npix - offset] > offset, amp[:, :npix - offset], 1.0)
+        out[:, offset:] = np.maximum(out[:, offset:], grown)
+    return out
+
+
+def add_survey_noise(clean: Spectra, seed=0, snr=(3, 100)) -> Spectra:
+    """A second survey's noisy copy of `clean`, unlike `add_noise`'s in every respect, so that a model (and the
+    constants of its error model) tuned on one can be tested on the other; labels, ids and meta are copied.
+
+    S/N (label SNR, defined as in add_noise: median|flux| / median(sigma)) log-uniform in `snr`. Per-pixel
+    variance: a shot-noise share drawn per spectrum (0-100 %, the rest a flat floor) and a random tilt (sigma
+    up to 2x higher at one end or the other), in place of add_noise's fixed mix and symmetric ends. Inflated
+    pixels: 2-5 % of each spectrum in clusters of 2-5 pixels at random places (not at fixed sky wavelengths),
+    sigma 2-6x larger there, recorded in ivar. Masks (ivar = 0): 0.5 % single dead pixels and 1-2 dead runs
+    of 2-25 pixels; every masked pixel (those masked in `clean` too) holds garbage: 0, or a large value of
+    either sign (10-1000x the spectrum's median |flux|), so a model that reads masked flux fails visibly.
+    """
+    lo, hi = _snr_range(snr)
+    rng = np.random.default_rng(seed)
+    n, npix = clean.flux.shape
+    truth = clean.flux.astype(np.float64)
+    s2n = lo * (hi / lo) ** rng.uniform(size=n)
+    ref = np.median(np.abs(truth), axis=1)
+    ref = np.where(ref > 0, ref, 1.0)
+    shot = rng.uniform(size=n)[:, None]
+    var = ref[:, None] * (shot * np.abs(truth) + (1 - shot) * ref[:, None])
+    tilt = rng.uniform(-np.log(2), np.log(2), n)[:, None]
+    inflated = _clusters(rng, n, npix, rng.uniform(0.02, 0.05, n))
+    sigma = np.sqrt(var) * np.exp(tilt * np.linspace(-1, 1, npix)) * inflated
+    sigma *= (ref / (s2n * np.median(sigma, axis=1)))[:, None]
+    flux = truth + sigma * rng.standard_normal((n, npix))
+
+    mask = clean.mask | _chunks(rng, n, npix, max_chunks=2, length=(2, 25), min_chunks=1)
+    mask |= rng.uniform(size=(n, npix)) < 0.005
+    huge = ref[:, None] * 10 ** rng.uniform(1, 3, (n, npix)) * rng.choice([-1.0, 1.0], (n, npix))
+    flux[mask] = np.where(rng.uniform(size=(n, npix)) < 0.3, 0.0, huge)[mask]
     ivar = np.where(mask, 0.0, sigma**-2.0)
     return Spectra(clean.wave, flux, ivar, mask, {**clean.labels, "SNR": s2n}, clean.ids, clean.scale,
                    dict(clean.meta))
