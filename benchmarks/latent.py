@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.report import write_results
+from benchmarks.report import add_run_options, write_results
 from specae.baselines import WeightedPCA
 from specae.data.payne import LABEL_NAMES, PayneEmulator, default_payne_dir
 from specae.denoise import Latents, encode, model_input
@@ -211,15 +211,7 @@ def parse(argv):
     p.add_argument("--pixels", type=int, default=None, help="N central pixels of the grid (default: all 7214)")
     p.add_argument("--minutes", type=float, default=8.0, help="VAE training budget")
     p.add_argument("--model", default=None, help="VAE directory: used if it holds a model, else written there")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", default=None, help="results name (default latent-payne[-quick])")
-    p.add_argument("--results-dir", default=None, help="default benchmarks/results")
-    if "--quick" in argv:
-        p.set_defaults(**QUICK)
+    add_run_options(p, argv, QUICK, "latent-payne[-quick]")
     return p.parse_args(argv)
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from benchmarks.peers import SpenderPeer, spender_unavailable
-from benchmarks.report import write_results
+from benchmarks.report import add_run_options, run_device, write_results
 from specae.baselines import SavitzkyGolay, WeightedPCA
 from specae.data.payne import LABEL_NAMES, PayneEmulator, default_payne_dir
 from specae.data.readers import read_many
@@ -669,15 +669,7 @@ def parse(argv):
     p.add_argument("--stream", default=None, metavar="DIR",
                    help=f"training sets above {IN_MEMORY_MAX} spectra go to HDF5 files in DIR (reused by later "
                         f"runs) and specae streams them, as `specae train` does")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", default=None, help="results file name (default quality-<set>[-sweep-...][-quick])")
-    p.add_argument("--results-dir", default=None, help="default benchmarks/results")
-    if "--quick" in argv:
-        p.set_defaults(**QUICK)
+    add_run_options(p, argv, QUICK, "quality-<set>[-sweep-...][-quick]")
     args = p.parse_args(argv)
     args.minutes = args.minutes or None
     try:
@@ -711,9 +703,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = run_device(args)
     command = " ".join(["python -m benchmarks.quality", *argv])
     suffix = "".join([f"-{args.noise}" if args.noise != "default" else "",
                       f"-sweep-{args.sweep[0]}" if args.sweep else "", "-quick" if args.quick else ""])

@@ -20,10 +20,9 @@ import time
 from dataclasses import asdict, fields
 
 import numpy as np
-import torch
 
 from benchmarks.quality import _window, shared_data_dir
-from benchmarks.report import write_results
+from benchmarks.report import add_run_options, run_device, write_results
 from specae.baselines import WeightedPCA
 from specae.calibration import fit_calibration
 from specae.data.readers import read_many
@@ -137,15 +136,7 @@ def parse(argv):
                         "repeat exactly)")
     p.add_argument("--latent-dim", type=int, default=6, help="K: latents of the VAE, components of the PCA")
     p.add_argument("--pixels", default=None, help='a window of the grid: "START:STOP" or "N" central pixels')
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", default=None, help="results file name (default repeats-apogee[-quick])")
-    p.add_argument("--results-dir", default=None, help="default benchmarks/results")
-    if "--quick" in argv:
-        p.set_defaults(**QUICK)
+    add_run_options(p, argv, QUICK, "repeats-apogee[-quick]")
     return p.parse_args(argv)
 
 
@@ -154,9 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    args.device = run_device(args)
     visits = read_visits(args.pixels)
     rng = np.random.default_rng(args.seed)
     stars, index, counts = np.unique(visits.labels[GROUP], return_inverse=True, return_counts=True)

@@ -28,6 +28,26 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def add_run_options(p, argv: list[str], quick: dict, default_name: str) -> None:
+    """The options every CPU/GPU quality benchmark shares: --quick (the sizes in `quick`, each still
+    overridable), --device, --threads, --seed, --name and --results-dir."""
+    p.add_argument("--quick", action="store_true", help="tiny sizes: " + ", ".join(f"{k}={v}" for k, v in quick.items()))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=None, help=f"results file name (default {default_name})")
+    p.add_argument("--results-dir", default=None, help="default benchmarks/results")
+    if "--quick" in argv:
+        p.set_defaults(**quick)
+
+
+def run_device(args) -> str:
+    """Apply --threads; returns the device --device names ("auto": CUDA where there is one)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows."""
     try:

@@ -177,17 +177,8 @@ def _frame_redshifts(spectra: Spectra, velocity: str | None, redshift: str | Non
         return spectra.redshifts(redshift)
     if not velocity:
         return None
-    if velocity not in spectra.labels:
-        raise SpecaeError(f"no velocity label {velocity!r} (labels: {', '.join(sorted(spectra.labels)) or 'none'})")
-    try:
-        v = np.asarray(spectra.labels[velocity], dtype=np.float64)
-    except ValueError:
-        raise SpecaeError(f"label {velocity!r} does not hold numbers") from None
-    bad = ~np.isfinite(v) | (np.abs(v) >= C_KMS)
-    if bad.any():
-        raise SpecaeError(f"label {velocity!r} has {int(bad.sum())} non-finite or faster-than-light velocities "
-                          f"(ids {', '.join(spectra.ids[bad][:3])})")
-    return v / C_KMS
+    return spectra.numeric_label(velocity, "velocity", lambda v: np.abs(v) < C_KMS,
+                                 "faster-than-light velocities") / C_KMS
 
 
 def _pair(basis, other, denoised, base, raw) -> tuple[float, ...]:

@@ -123,7 +123,7 @@ def test_user_errors_name_the_problem(synthetic):
         repeats(perfect, spectra, "STAR")
     with pytest.raises(SpecaeError, match="no object has 2 or more observations by label 'V'"):
         repeats(perfect, spectra, "V")   # every velocity differs
-    with pytest.raises(SpecaeError, match="no velocity label 'VHELIO'"):
+    with pytest.raises(SpecaeError, match="velocity label 'VHELIO' is not in the data"):
         repeats(perfect, spectra, "OBJ", velocity="VHELIO")
     with pytest.raises(SpecaeError, match="not both"):
         repeats(perfect, spectra, "OBJ", velocity="V", redshift="Z")

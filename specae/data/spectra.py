@@ -163,15 +163,20 @@ class Spectra:
 
     def redshifts(self, label: str) -> np.ndarray:
         """(N,) float redshifts from label `label`, checked to be finite and > -1."""
+        return self.numeric_label(label, "redshift", lambda z: z > -1, "<= -1 redshifts")
+
+    def numeric_label(self, label: str, what: str, ok, bad_values: str) -> np.ndarray:
+        """(N,) float values of label `label` (a `what`: "redshift", "velocity"), checked to be finite and `ok`
+        (else an error counting the `bad_values` and naming their ids)."""
         if label not in self.labels:
-            raise SpecaeError(f"redshift label {label!r} is not in the data (labels: {sorted(self.labels) or 'none'})")
+            raise SpecaeError(f"{what} label {label!r} is not in the data (labels: {sorted(self.labels) or 'none'})")
         try:
             z = np.asarray(self.labels[label], dtype=np.float64)
         except ValueError:
             raise SpecaeError(f"label {label!r} does not hold numbers") from None
-        bad = np.flatnonzero(~np.isfinite(z) | (z <= -1))
+        bad = np.flatnonzero(~np.isfinite(z) | ~ok(z))
         if bad.size:
-            raise SpecaeError(f"label {label!r} has {bad.size} non-finite or <= -1 redshifts (ids "
+            raise SpecaeError(f"label {label!r} has {bad.size} non-finite or {bad_values} (ids "
                               f"{', '.join(self.ids[bad[:3]])}{', ...' if bad.size > 3 else ''})")
         return z
 

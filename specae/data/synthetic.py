@@ -443,6 +443,17 @@ def _snr_range(snr):
     return float(lo), float(hi)
 
 
+def _noise_start(clean: Spectra, seed, snr):
+    """(rng, truth (N, npix) float64, S/N per spectrum log-uniform in `snr`, median |flux| per spectrum (1 for
+    an all-zero spectrum: noise of order 1)): what both noise models start from."""
+    lo, hi = _snr_range(snr)
+    rng = np.random.default_rng(seed)
+    truth = clean.flux.astype(np.float64)
+    s2n = lo * (hi / lo) ** rng.uniform(size=len(truth))
+    ref = np.median(np.abs(truth), axis=1)
+    return rng, truth, s2n, np.where(ref > 0, ref, 1.0)
+
+
 def add_noise(clean: Spectra, seed=0, snr=(5, 80), sky_lines: bool = True, masked_chunks: bool = True,
               dead_pixels: bool = True) -> Spectra:
     """Survey-like noisy copy of `clean` (whose flux is the truth); labels, ids and meta are copied.
@@ -456,13 +467,8 @@ def add_noise(clean: Spectra, seed=0, snr=(5, 80), sky_lines: bool = True, maske
     +20 sigma spikes, so garbage under the mask is finite but must be ignored. Pixels already masked
     in `clean` stay masked.
     """
-    lo, hi = _snr_range(snr)
-    rng = np.random.default_rng(seed)
-    n, npix = clean.flux.shape
-    truth = clean.flux.astype(np.float64)
-    s2n = lo * (hi / lo) ** rng.uniform(size=n)
-    ref = np.median(np.abs(truth), axis=1)
-    ref = np.where(ref > 0, ref, 1.0)                       # all-zero spectra: noise of order 1
+    rng, truth, s2n, ref = _noise_start(clean, seed, snr)
+    n, npix = truth.shape
     var = np.abs(truth) * ref[:, None] + 0.5 * ref[:, None] ** 2
     if sky_lines:
         var *= 1 + rng.uniform(0.5, 2.0, n)[:, None] * _sky_variance(clean.wave)
@@ -516,13 +522,8 @@ def add_survey_noise(clean: Spectra, seed=0, snr=(3, 100)) -> Spectra:
     of 2-25 pixels; every masked pixel (those masked in `clean` too) holds garbage: 0, or a large value of
     either sign (10-1000x the spectrum's median |flux|), so a model that reads masked flux fails visibly.
     """
-    lo, hi = _snr_range(snr)
-    rng = np.random.default_rng(seed)
-    n, npix = clean.flux.shape
-    truth = clean.flux.astype(np.float64)
-    s2n = lo * (hi / lo) ** rng.uniform(size=n)
-    ref = np.median(np.abs(truth), axis=1)
-    ref = np.where(ref > 0, ref, 1.0)
+    rng, truth, s2n, ref = _noise_start(clean, seed, snr)
+    n, npix = truth.shape
     shot = rng.uniform(size=n)[:, None]
     var = ref[:, None] * (shot * np.abs(truth) + (1 - shot) * ref[:, None])
     tilt = rng.uniform(-np.log(2), np.log(2), n)[:, None]
