@@ -8,7 +8,8 @@ In model space (normalised flux; one spectrum, pixels i) the data are
     v_i = s b^2 f_i^-gamma sigma_i^2                 its variance: the decoder's scatter sigma (at the posterior
                                                      mode, amplitude e^t included), grown where a fraction f of
                                                      the training set covered the pixel, times s, the spectrum's
-                                                     own scale, log s ~ N(0, tau^2)
+                                                     own scale, log s ~ N(0, tau^2), taken at its mode
+                                                     given the spectrum's residuals
     a_i^2 = rho v_i,  g ~ OU(length l)               a fraction rho correlated along wavelength: g has unit
                                                      variance and correlation exp(-|i - j| / l)
     w_i ~ N(0, (1 - rho) v_i)                        the rest white; a fraction eps of the pixels has it kappa

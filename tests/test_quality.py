@@ -78,27 +78,46 @@ def test_held_out_pixels_check_sigma_without_truth(payne_run):
     assert 0.65 <= c1 <= 0.72 and 0.93 <= c2 <= 0.975
 
 
-def test_real_apogee_spectra_unlike_the_training_set_keep_sigma_honest(payne_run):
+def test_real_apogee_spectra_unlike_the_training_set_keep_sigma_honest_and_recalibrate(payne_run):
     # real aspcapStar spectra (cool dwarfs and giants, outside the emulator's range), resampled onto the
-    # model's window: the model is wrong by several times the noise, and sigma has to say so (67 % inside
-    # +-1 sigma; +-2 sigma holds 89 %: where a hidden pixel's error is not its neighbours', the tail is heavier)
+    # model's window: the model is wrong by several times the noise, and sigma has to say so. The calibration
+    # fitted on the emulator's stars is conservative there (82 % inside +-1 sigma); refitted on half of the real
+    # stars (specae calibrate: no truth, no retraining) it comes closer on the other half (78 %): their errors,
+    # and the combined spectra's noise, are correlated between neighbouring pixels, and the noise scale reaches
+    # its bound (0.5: the stated noise is taken as right within a factor 2)
+    from dataclasses import replace
+
     from specae.data.readers import read_many
     from specae.denoise import heldout
 
     _, pca, _, _, _, _, model = payne_run
     real = read_many(sorted(shared_dir("apogee").glob("aspcapStar-*.fits")), wave=model.wave)
-    h, h_pca = heldout(model, real), heldout(pca, real)
+    first, second = real.select(np.arange(0, len(real), 2)), real.select(np.arange(1, len(real), 2))
+
+    def check(m, s):
+        h = heldout(m, s)
+        n = h.n.sum()
+        return h, np.sum(h.within(1) * h.n) / n, np.sum(h.within(2) * h.n) / n
+
+    h, c1, c2 = check(model, second)
+    h_pca, c1_pca, _ = check(pca, second)
     ok = np.isfinite(h.z)
-    n = h.n.sum()
-    c1, c2 = np.sum(h.within(1) * h.n) / n, np.sum(h.within(2) * h.n) / n
-    noise = np.sqrt(np.median(1 / real.ivar[ok]))
-    err, err_pca = (np.sqrt(np.mean((real.flux - f)[ok] ** 2)) for f in (h.flux, h_pca.flux))
-    c1_pca = np.mean(np.abs(h_pca.z[ok]) < 1)
+    noise = np.sqrt(np.median(1 / second.ivar[ok]))
+    err, err_pca = (np.sqrt(np.mean((second.flux - f)[ok] ** 2)) for f in (h.flux, h_pca.flux))
+    trained = model.calibration
+    try:
+        fit_calibration(model, first)
+        _, r1, r2 = check(model, second)
+        refitted = model.calibration
+    finally:
+        model.calibration = trained
     print(f"real APOGEE held-out pixels: rms error {err:.4f} (PCA {err_pca:.4f}) against noise {noise:.4f}; "
-          f"{c1:.3f} inside 1 sigma (PCA {c1_pca:.3f}), {c2:.3f} inside 2")
+          f"{c1:.3f} inside 1 sigma (PCA {c1_pca:.3f}), {c2:.3f} inside 2; recalibrated on the other stars "
+          f"{r1:.3f} / {r2:.3f}; {replace(refitted, n_pixels=0)}")
     assert err > 2 * noise                   # the model is out of its depth: its sigma, not the noise, decides
-    assert 0.6 <= c1 <= 0.8 and c2 >= 0.85
     assert err < err_pca and c1_pca < 0.5    # PCA's propagated sigma does not know it is wrong
+    assert c1 >= 0.6 and c2 >= 0.9           # specae's does, conservatively
+    assert 0.6 <= r1 < c1 and r1 <= 0.82 and r2 >= 0.9
 
 
 @pytest.fixture(scope="module")
