@@ -18,6 +18,7 @@ import json
 import math
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -156,7 +157,7 @@ def _negloglik(chunks: list[Inputs], values: torch.Tensor, active, base: Calibra
         cal = dict(asdict(base))
         for (name, _, log), v in zip(active, values):
             cal[name] = v.exp() if log else v
-        cal = _Constants(**cal)
+        cal = SimpleNamespace(**cal)      # constants that may be tensors, for gradients
         half = (torch.arange(inp.x.shape[1]) // SCALE_BLOCK) % 2 == 0
         part = 0.0
         for scored in (half, ~half):
@@ -167,13 +168,6 @@ def _negloglik(chunks: list[Inputs], values: torch.Tensor, active, base: Calibra
         part.backward()
         loss += float(part.detach())
     return loss
-
-
-class _Constants:
-    """Calibration-like attribute access to constants that may be tensors (for gradients)."""
-
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
 
 
 def _fit_constants(chunks: list[Inputs], start: Calibration, active) -> tuple[Calibration, float]:
