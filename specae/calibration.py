@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from types import SimpleNamespace
@@ -89,6 +90,10 @@ OUTLIER_STARTS = (10.0, 100.0, 1000.0)
 # Stop when the mean log-likelihood per pixel changes by under 1e-7 (relative): 0.1 nat over 1e6 pixels
 FTOL = 1e-7
 MAX_ITER = 100
+# Evaluations of the likelihood over all the pixels that a fit takes (beside ROUNDS passes of the model terms), for
+# a time budget: on the emulator's stars at 3e4 and 1e5 pixels the starts on a quarter took 15-25 evaluations each
+# and the full fits 2-4 (about 18 in all)
+EVALS = 20
 
 
 def model_input(model, spectra: Spectra) -> tuple[Batch, np.ndarray, Spectra]:
@@ -170,24 +175,38 @@ def _negloglik(chunks: list[Inputs], values: torch.Tensor, active, base: Calibra
     return loss
 
 
-def _fit_constants(chunks: list[Inputs], start: Calibration, active) -> tuple[Calibration, float]:
+def _fit_constants(chunks: list[Inputs], start: Calibration, active, deadline: float = math.inf
+                   ) -> tuple[Calibration, float]:
+    """The constants of `active` most likely on `chunks`, from `start`; at `deadline` (time.monotonic) the fit
+    stops with the constants reached (L-BFGS only accepts steps that improve the likelihood)."""
     def fun(p):
         values = torch.tensor(p, dtype=torch.float64, requires_grad=True)
         nll = _negloglik(chunks, values, active, start)
         return nll, values.grad.numpy().copy()
 
+    def out_of_time(_):
+        if time.monotonic() > deadline:
+            raise StopIteration
+
     bounds = [tuple(None if b is None else (math.log(b) if log else b) for b in bnd) for _, bnd, log in active]
     p0 = np.clip(_as_params(start, active), [lo for lo, _ in bounds], [np.inf if hi is None else hi for _, hi in bounds])
-    res = minimize(fun, p0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": MAX_ITER, "ftol": FTOL})
+    res = minimize(fun, p0, jac=True, method="L-BFGS-B", bounds=bounds, callback=out_of_time,
+                   options={"maxiter": MAX_ITER, "ftol": FTOL})
     fitted = {name: float(math.exp(v) if log else v) for (name, _, log), v in zip(active, res.x)}
     return replace(start, **fitted), float(res.fun)
 
 
 def fit_calibration(model, spectra: Spectra, kind: str = "laplace", max_pixels: int = CALIBRATION_PIXELS,
-                    seed: int = 0) -> Calibration:
+                    seed: int = 0, seconds: float | None = None) -> Calibration:
     """Fit the error model's constants on `spectra` (no truth needed; spectra the model did not train on) and
     set them on the model (`model.calibration`); returns them. At most `max_pixels` valid pixels are used
-    (whole spectra, drawn at random), so the cost does not grow with the set."""
+    (whole spectra, drawn at random), so the cost does not grow with the set.
+
+    With `seconds`, the fit takes about that long: the pixels are cut to what EVALS evaluations of the likelihood
+    take, as timed on the first spectra on this machine, and the fit stops at the deadline with the constants
+    it reached (`n_pixels` says how many pixels they rest on).
+    """
+    deadline = math.inf if seconds is None else time.monotonic() + seconds
     model.eval()
     dev = next(model.parameters()).device
     data, _, spectra = model_input(model, spectra)
@@ -196,19 +215,34 @@ def fit_calibration(model, spectra: Spectra, kind: str = "laplace", max_pixels: 
     order = order[n_valid[order] > 0]
     if not len(order):
         raise SpecaeError("no valid pixel to calibrate the model on")
-    rows = np.sort(order[:max(1, int(np.searchsorted(np.cumsum(n_valid[order]), max_pixels, side="right")))])
     npix = data.x.shape[1]
     per_chunk = max(1, CHUNK_PIXELS // npix)
     active = [(name, (lo, npix if hi is None else hi), log) for name, (lo, hi), log in FITTED
               if name != "coverage_power" or model.cfg.redshift]
+
+    def terms(rows, cal):
+        return [model_terms(model, data[rows[i:i + per_chunk]].to(dev), cal, kind).cpu()
+                for i in range(0, len(rows), per_chunk)]
+
+    def taking(pixels):   # the first spectra of `order` holding at most `pixels` valid pixels (at least one)
+        return np.sort(order[:max(1, int(np.searchsorted(np.cumsum(n_valid[order]), pixels, side="right")))])
+
+    rows = taking(max_pixels)
     cal = replace(START)
+    if seconds is not None:   # time the terms and one evaluation on the first chunk, then take what fits
+        t0 = time.monotonic()
+        first = terms(rows[:per_chunk], cal)
+        t1 = time.monotonic()
+        _negloglik(first, torch.tensor(_as_params(cal, active), requires_grad=True), active, cal)
+        per_pixel = (ROUNDS * (t1 - t0) + EVALS * (time.monotonic() - t1)) / int(n_valid[rows[:per_chunk]].sum())
+        rows = taking(min(max_pixels, (deadline - time.monotonic()) / per_pixel))
     for step in range(ROUNDS):
-        chunks = [model_terms(model, data[rows[i:i + per_chunk]].to(dev), cal, kind).cpu()
-                  for i in range(0, len(rows), per_chunk)]
+        chunks = terms(rows, cal)
         if step == 0:
-            starts = [_fit_constants(chunks[::4], replace(START, outlier_scale=k), active) for k in OUTLIER_STARTS]
+            starts = [_fit_constants(chunks[::4], replace(START, outlier_scale=k), active, deadline)
+                      for k in OUTLIER_STARTS]
             cal = min(starts, key=lambda fit: fit[1])[0]
-        cal, nll = _fit_constants(chunks, cal, active)
+        cal, nll = _fit_constants(chunks, cal, active, deadline)
     cal = replace(cal, n_spectra=len(rows), n_pixels=int(n_valid[rows].sum()), heldout_nll=nll)
     model.calibration = cal
     return cal

@@ -7,15 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from specae.baselines import WeightedPCA
-from specae.calibration import fit_calibration
 from specae.data.hdf5 import atomic_path, read_h5
 from specae.data.synthetic import default_dataset, write_default_data
 from specae.denoise import denoise
 from specae.metrics import coverage, rmse
-from specae.models.checkpoint import save_model
 from specae.models.config import ModelConfig
 from specae.plots import plot_denoised, plot_training
-from specae.train import TrainConfig, fit
+from specae.train import TrainConfig, fit_calibrated
 
 # the source checkout's data/ (an editable or in-place install), then the working directory's
 BUNDLED = (Path(__file__).resolve().parents[1] / "data", Path("data"))
@@ -39,10 +37,8 @@ def run_demo(out_dir="specae-demo", minutes: float = 1.0, seed: int = 0, latent_
     # training spectra: fresh draws from the same generator (another seed), more than the bundled file holds
     train_all, _ = default_dataset("stellar", n=n_train, seed=seed + 1)
     train, val = train_all.split((0.85, 0.15), seed=seed)
-    model, history = fit(train, val, ModelConfig(npix=noisy.npix, latent_dim=latent_dim),
-                         TrainConfig(max_minutes=minutes, seed=seed), out_dir=out / "model")
-    fit_calibration(model, history.pop("validation"), seed=seed)
-    save_model(model, out / "model", history)
+    model, history = fit_calibrated(train, val, ModelConfig(npix=noisy.npix, latent_dim=latent_dim),
+                                    TrainConfig(max_minutes=minutes, seed=seed), out_dir=out / "model")
     d = denoise(model, noisy)
     pca_flux, _ = WeightedPCA(latent_dim, seed=seed).fit(train_all).denoise(noisy)
     t, x, valid = truth.flux, noisy.flux, ~noisy.mask

@@ -8,6 +8,7 @@ tensors (specae.data.tensors), the one latent posterior API (specae.uncertainty)
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,9 +16,10 @@ import torch
 from scipy.special import erf
 
 from specae.calibration import Calibration, model_input, model_terms, require_calibration
-from specae.data.spectra import Spectra
+from specae.data.spectra import F32_MAX, Spectra
 from specae.data.tensors import Batch, on_grid
 from specae.engine.runtime import Runtime
+from specae.errors import CountWarning
 from specae.errormodel import OUPosterior, outlier_loglik, solve, sum_variance
 from specae.uncertainty import posterior as latent_posterior
 
@@ -59,6 +61,7 @@ class Denoised:
     sigma_core: np.ndarray    # (N, npix) sd of the predictive's core (= sigma where tail_weight is 0)
     tail_weight: np.ndarray   # (N, npix) weight of its wide component
     covariance: PixelCovariance | None = None
+    scale: np.ndarray | None = None   # (N,) the model's normalisation: input units per model-space unit
 
     def predicted_coverage(self, k: float = 1.0) -> np.ndarray:
         """(N, npix) the probability, under the predictive distribution, that the truth lies within +-k sigma
@@ -88,6 +91,18 @@ class Latents:
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
+
+
+EMPTY = "spectra without a valid pixel came out fully masked (no estimate)"
+
+
+def no_data(ivar, ids) -> np.ndarray:
+    """(N,) bool: the spectra without a valid pixel (ivar (N, npix), array or CPU tensor), counted in a warning
+    naming them (`ids`): a model can only return its prior for them, which would pass for an estimate."""
+    empty = ~(np.asarray(ivar) > 0).any(1)
+    if empty.any():
+        warnings.warn(CountWarning(int(empty.sum()), EMPTY, np.asarray(ids)[empty]), stacklevel=3)
+    return empty
 
 
 def rows_per_batch(model, budget: int | None = None) -> int:
@@ -156,11 +171,12 @@ def denoise(model, spectra: Spectra, batch_size: int | None = None, posterior: s
         res = predict_batch(model, b, cal, posterior, covariance, rt)
         off = float(res.pop("off", 0.0))
         parts.append({k: v.cpu() for k, v in res.items()} | {"unseen": model.unseen(b.z, len(b)).cpu()})
+    empty = no_data(data.ivar, spectra.ids)
 
     def cat(key, shape=(npix,)):
         return torch.cat([p[key] for p in parts]).numpy() if parts else np.zeros((0, *shape))
 
-    unseen = cat("unseen").astype(bool)
+    unseen = cat("unseen").astype(bool) | empty[:, None]
     s = scale[:, None]
     flux = np.where(unseen, 0.0, cat("flux") * s).astype(np.float32)
     sigma = np.where(unseen, np.inf, np.sqrt(cat("var")) * s).astype(np.float32)
@@ -172,7 +188,45 @@ def denoise(model, spectra: Spectra, batch_size: int | None = None, posterior: s
                               (cat("diag") * s ** 2).astype(np.float32), (cat("band") * s).astype(np.float32),
                               cat("pivots"), off)
     return Denoised(spectra.wave, flux, sigma, spectra.mask.copy(), unseen, core,
-                    np.where(unseen, 0.0, cat("tail")).astype(np.float32), cov)
+                    np.where(unseen, 0.0, cat("tail")).astype(np.float32), cov, scale)
+
+
+UNREPRESENTABLE = ("denoised pixels were masked: their sigma is 0 or beyond float32's range even in the model's "
+                   "units (ivar ~1e30 for flux ~1? check the data's units)")
+
+
+def output_arrays(d: Denoised) -> dict[str, np.ndarray]:
+    """The datasets `specae denoise` writes of `d`: flux, flux_sigma, ivar = 1/sigma^2 (float32), mask (no estimate),
+    input_mask and scale (N,) (flux * scale is in the input's units), with the mixture and covariance parts if any.
+
+    A spectrum whose ivar overflows float32 in the input's units (flux ~1e-17 with ivar ~1e37) is written in the
+    model's units instead (its `scale` the model's normalisation), so the values stay finite and consistent with
+    each other. Pixels still without a positive, finite sigma and ivar are masked (ivar 0, sigma inf) and counted.
+    """
+    n = len(d.flux)
+    with np.errstate(divide="ignore", over="ignore"):
+        ivar = 1 / d.sigma.astype(np.float64) ** 2
+        big = (np.isfinite(d.sigma) & (ivar > F32_MAX)).any(1)
+        scale = np.where(big, np.ones(n) if d.scale is None else d.scale, 1.0)
+        s = scale[:, None]
+        flux, sigma = d.flux / s, d.sigma / s
+        ivar = 1 / sigma.astype(np.float64) ** 2
+    bad = ~d.unseen & ~((sigma > 0) & (ivar <= F32_MAX) & np.isfinite(flux))
+    if bad.any():
+        warnings.warn(CountWarning(int(bad.sum()), UNREPRESENTABLE), stacklevel=2)
+    mask = d.unseen | bad
+    res = {"flux": np.where(mask & ~np.isfinite(flux), 0, flux).astype(np.float32),
+           "ivar": np.where(mask, 0, ivar).astype(np.float32),
+           "flux_sigma": np.where(mask, np.inf, sigma).astype(np.float32), "mask": mask,
+           "input_mask": d.inpainted, "scale": scale}
+    if d.tail_weight.any():
+        res |= {"flux_sigma_core": (d.sigma_core / s).astype(np.float32), "flux_tail_weight": d.tail_weight}
+    if d.covariance is not None:
+        c = d.covariance
+        res |= {"flux_cov_factor": (c.factor / s[:, :, None]).astype(np.float32),
+                "flux_cov_diag": (c.diag / s ** 2).astype(np.float32), "flux_cov_band": (c.band / s).astype(np.float32),
+                "flux_cov_pivots": c.pivots.astype(np.float32), "flux_cov_off": np.full(n, c.off)}
+    return res
 
 
 @dataclass
@@ -220,13 +274,16 @@ def heldout(model, spectra: Spectra, passes: int = 10, seed: int = 0, **options)
     else:
         predict = model.denoise
     valid = spectra.ivar > 0
+    no_data(spectra.ivar, spectra.ids)
     part = np.random.default_rng(seed).integers(0, passes, size=valid.shape)
     flux = np.full(valid.shape, np.nan)
     sigma = np.full(valid.shape, np.nan)
     for k in range(passes):
         hide = valid & (part == k)
-        f, sig = predict(Spectra(spectra.wave, spectra.flux, np.where(hide, 0, spectra.ivar), spectra.mask | hide,
-                                 spectra.labels, spectra.ids, spectra.scale, spectra.meta))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CountWarning)   # counted once above, not per pass of hidden pixels
+            f, sig = predict(Spectra(spectra.wave, spectra.flux, np.where(hide, 0, spectra.ivar), spectra.mask | hide,
+                                     spectra.labels, spectra.ids, spectra.scale, spectra.meta))
         flux[hide], sigma[hide] = f[hide], sig[hide]
     scored = valid & np.isfinite(sigma)
     var = sigma ** 2 + noise2 / np.where(valid, spectra.ivar, 1.0)
@@ -237,11 +294,13 @@ def heldout(model, spectra: Spectra, passes: int = 10, seed: int = 0, **options)
 def encode(model, spectra: Spectra, posterior: str = "laplace", batch_size: int | None = None) -> Latents:
     """Latent posterior (mean and full K x K covariance) of every spectrum; see specae.uncertainty.
 
-    The AE gives its point estimate with zero covariance, whatever `posterior` says.
+    The AE gives its point estimate with zero covariance, whatever `posterior` says. Spectra without a valid
+    pixel get mean NaN and infinite variances (no estimate), counted in a warning.
     """
     model.eval()
     dev = _device(model)
-    data, _, _ = model_input(model, spectra)
+    data, _, spectra = model_input(model, spectra)
+    empty = no_data(data.ivar, spectra.ids)
     k = model.cfg.latent_dim
     rows = batch_size or rows_per_batch(model)
     means, covs, amps, kind = [], [], [], posterior
@@ -256,5 +315,9 @@ def encode(model, spectra: Spectra, posterior: str = "laplace", batch_size: int 
             kind = post.kind
     if not means:
         return Latents(np.zeros((0, k), np.float32), np.zeros((0, k, k)), kind)
-    return Latents(torch.cat(means).numpy(), torch.cat(covs).numpy(), kind,
-                   torch.cat(amps).numpy() if amps else None)
+    mean, cov = torch.cat(means).numpy(), torch.cat(covs).numpy()
+    mean[empty], cov[empty] = np.nan, np.diag(np.full(k, np.inf))
+    amp = torch.cat(amps).numpy() if amps else None
+    if amp is not None:
+        amp[empty] = np.nan
+    return Latents(mean, cov, kind, amp)

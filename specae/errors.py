@@ -37,19 +37,51 @@ def first_line(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
 
 
+class CountWarning(UserWarning):
+    """`count` things that came out without an estimate, of one kind `what` (e.g. "spectra without a valid pixel
+    came out fully masked"), the first `ids` of them named. One per kind reaches the user (`one_count_warning`)."""
+
+    def __init__(self, count: int, what: str, ids=()):
+        self.count, self.what, self.ids = count, what, [str(i) for i in ids][:3]
+        named = f" (ids {', '.join(self.ids)}{', ...' if count > len(self.ids) else ''})" if self.ids else ""
+        super().__init__(f"{count} {what}{named}")
+
+    def __reduce__(self):
+        return type(self), (self.count, self.what, self.ids)
+
+
+@contextmanager
+def _caught(cls):
+    """Collect the `cls` warnings raised inside into the yielded list (after the block); other warnings pass."""
+    mine = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield mine
+    for w in caught:
+        if isinstance(w.message, cls):
+            mine.append(w.message)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+@contextmanager
+def one_count_warning():
+    """Fold the CountWarnings raised inside (one per block of spectra, say) into one per kind with their total."""
+    with _caught(CountWarning) as counted:
+        yield
+    for what in dict.fromkeys(c.what for c in counted):
+        same = [c for c in counted if c.what == what]
+        warnings.warn(CountWarning(sum(c.count for c in same), what, [i for c in same for i in c.ids]), stacklevel=3)
+
+
 @contextmanager
 def one_masking_warning(where: str):
     """Fold the MaskedPixelsWarnings raised inside into one with their total count; other warnings pass.
 
     The warning names the places the folded ones named (the first three), else `where`.
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with _caught(MaskedPixelsWarning) as masked:
         yield
-    masked = [w.message for w in caught if isinstance(w.message, MaskedPixelsWarning)]
-    for w in caught:
-        if not isinstance(w.message, MaskedPixelsWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if masked:
         places = list(dict.fromkeys(m.where for m in masked if m.where))
         named = ", ".join(places[:3]) + (f" and {len(places) - 3} more files" if len(places) > 3 else "")

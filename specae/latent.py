@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from specae.data.hdf5 import atomic_path
-from specae.denoise import Latents, model_input, rows_per_batch
+from specae.denoise import Latents, model_input, no_data, rows_per_batch
 from specae.errors import SpecaeError
 from specae.regress import cv_r2, label_column, numeric_labels, ridge_fit
 from specae.uncertainty import pixel_weights, spd_cholesky
@@ -263,11 +263,13 @@ def outlier_scores(model, spectra, density: LatentDensity | None = None, posteri
     chi2_dof      sum w r^2 / n_valid: about 1 for a spectrum the model can explain
     log_density   log density of the latent under `density` (default the prior N(0, I))
     n_valid       valid pixels
-    Spectra unlike the training set have low log_evidence and log_density and high chi2_dof.
+    Spectra unlike the training set have low log_evidence and log_density and high chi2_dof. Spectra without a
+    valid pixel get NaN scores (no estimate), counted in a warning.
     """
     model.eval()
     dev = next(model.parameters()).device
-    data, _, _ = model_input(model, spectra)
+    data, _, spectra = model_input(model, spectra)
+    empty = no_data(data.ivar, spectra.ids)
     density = density or LatentDensity()
     rows = batch_size or rows_per_batch(model)
     out = {"log_evidence": [], "chi2_dof": [], "log_density": [], "n_valid": []}
@@ -290,4 +292,7 @@ def outlier_scores(model, spectra, density: LatentDensity | None = None, posteri
         out["chi2_dof"].append((fit / n_valid.clamp_min(1)).cpu().numpy())
         out["log_density"].append(density.log_density(post.mean.cpu().numpy(), post.cov.cpu().numpy()))
         out["n_valid"].append(n_valid.cpu().numpy().astype(np.int64))
-    return {k: np.concatenate(v) if v else np.zeros(0, np.int64 if k == "n_valid" else float) for k, v in out.items()}
+    out = {k: np.concatenate(v) if v else np.zeros(0, np.int64 if k == "n_valid" else float) for k, v in out.items()}
+    for k in ("log_evidence", "chi2_dof", "log_density"):
+        out[k][empty] = np.nan
+    return out

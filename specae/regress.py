@@ -263,6 +263,15 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()
 
 
+def check_fitted_on(model, latent_dim: int, fingerprint: str | None, where: str, fix: str) -> None:
+    """SpecaeError (naming `where`, advising `fix`) unless `model` is the one whose latents something was fitted on
+    (a regressor, directions): `latent_dim` latents and, where known, the weights' `fingerprint`."""
+    if model.cfg.latent_dim != latent_dim:
+        raise SpecaeError(f"{where} maps {latent_dim} latents but the model has {model.cfg.latent_dim}")
+    if fingerprint is not None and model_fingerprint(model) != fingerprint:
+        raise SpecaeError(f"{where} was fitted on the latents of another model (its fingerprint differs); {fix}")
+
+
 def _draws(n_draws: int, k: int, seed: int) -> np.ndarray:
     """(S, K) standard normal draws in antithetic pairs (+e, -e): the mapped mean of a linear map is then
     exact, and the same draws serve every spectrum, so results do not depend on how rows are batched."""
@@ -395,7 +404,11 @@ class LabelRegressor:
         """Labels of spectra with latent posteriors `latents` (mean (N, K), cov (N, K, K))."""
         if latents.mean.shape[1] != self.latent_dim_:
             raise SpecaeError(f"the regressor maps {self.latent_dim_} latents, these have {latents.mean.shape[1]}")
-        return self._combine(*self._mapped(latents.mean.astype(np.float64), latents.cov))
+        ok = np.isfinite(latents.mean).all(1)        # spectra without a valid pixel have no latents (encode)
+        mean, var_lat, var_map = self._mapped(np.where(ok[:, None], latents.mean, 0).astype(np.float64),
+                                              np.where(ok[:, None, None], latents.cov, np.eye(self.latent_dim_)))
+        mean[~ok], var_lat[~ok] = np.nan, np.inf     # no estimate: NaN with an infinite sigma
+        return self._combine(mean, var_lat, var_map)
 
     def predict(self, model, spectra, batch_size: int | None = None) -> LabelPrediction:
         """Labels of `spectra` (no labels needed), encoded with `model` and the posterior kind of the fit."""
@@ -404,11 +417,7 @@ class LabelRegressor:
 
     def check_model(self, model, where: str = "the regressor") -> None:
         """SpecaeError unless `model` is the one whose latents this regressor maps."""
-        if model.cfg.latent_dim != self.latent_dim_:
-            raise SpecaeError(f"{where} maps {self.latent_dim_} latents but the model has {model.cfg.latent_dim}")
-        if self.fingerprint_ is not None and model_fingerprint(model) != self.fingerprint_:
-            raise SpecaeError(f"{where} was fitted on the latents of another model (its fingerprint differs); "
-                              "refit it with this model (specae regress)")
+        check_fitted_on(model, self.latent_dim_, self.fingerprint_, where, "refit it with this model (specae regress)")
 
     # -- persistence ------------------------------------------------------------------------------------
 

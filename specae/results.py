@@ -18,6 +18,7 @@ import numpy as np
 from specae.data.hdf5 import FORMAT_VERSION, H5Spectra, atomic_path, default_chunk_rows, write_ids_labels
 from specae.data.spectra import Spectra
 from specae.errors import SpecaeError
+from specae.paths import output_paths
 
 
 def map_h5(src_path, out_path, fn: Callable[[Spectra], dict], block_rows: int = 4096, wave: np.ndarray | None = None,
@@ -40,7 +41,12 @@ def map_h5(src_path, out_path, fn: Callable[[Spectra], dict], block_rows: int = 
         rows = default_chunk_rows(src.shape[1])
         for start in range(0, n, block_rows):
             part = src.read(slice(start, start + block_rows))
-            out = fn(part)
+            try:
+                out = fn(part)
+            except SpecaeError as e:   # say which file (the library's message does not know it)
+                if str(src_path) in str(e):
+                    raise
+                raise SpecaeError(f"{src_path}: {e}") from None
             own = {k[len("labels/"):]: v for k, v in out.items() if k.startswith("labels/")}
             if not made:
                 for k, v in out.items():
@@ -64,23 +70,6 @@ def map_h5(src_path, out_path, fn: Callable[[Spectra], dict], block_rows: int = 
         write_ids_labels(f, np.concatenate(ids) if ids else np.zeros(0, str),
                          {k: np.concatenate(v) for k, v in labels.items()})
     return n
-
-
-def output_paths(inputs: list[Path], output) -> list[Path]:
-    """Where each input's result goes: `output` itself for one input (unless it names a directory), else
-    OUTPUT/<input name> for each, refusing two inputs with the same name."""
-    output = Path(output)
-    if len(inputs) == 1 and not (str(output).endswith(("/", "\\")) or output.is_dir()):
-        return [output]
-    if not output.is_dir():
-        if output.exists():
-            raise SpecaeError(f"{output}: several inputs need an output directory, and this is a file")
-        output.mkdir(parents=True)
-    names = [p.name for p in inputs]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise SpecaeError(f"several inputs are named {sorted(dup)[0]}; their outputs would collide in {output}")
-    return [output / n for n in names]
 
 
 def map_files(inputs: list[Path], output, fn: Callable[[Spectra], dict], progress: bool = True, **kw) -> dict:

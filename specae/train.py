@@ -9,20 +9,25 @@ a sample of.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import hashlib
+import time
+import warnings
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from specae.baselines import WeightedPCA
+from specae.checkpoints import reading, require_files
 from specae.data.resample import loglam_grid
 from specae.data.sources import H5Blocks, H5Source, TensorSource
 from specae.data.spectra import Spectra
 from specae.data.tensors import normalise, to_batch, window_mask
 from specae.engine import EngineConfig, Objective, Runtime, StepContext, adamw
 from specae.engine import train as run_engine
-from specae.errors import SpecaeError
+from specae.engine.loop import load_history
+from specae.errors import CountWarning, SpecaeError
 from specae.models.checkpoint import load_model, save_model
 from specae.models.config import ModelConfig
 from specae.models.vae import SpectrumVAE, chi2, gaussian_nll, kl_normal
@@ -236,7 +241,118 @@ def _all_redshifts(blocks: H5Blocks, label: str) -> np.ndarray:
     z = np.concatenate(zs)
     if not np.all(np.isfinite(z)) or np.any(z <= -1):
         raise SpecaeError(f"label {label!r} has non-finite or <= -1 redshifts")
+    lo, hi = plausible_range(z, h5.wave)
+    bad = np.flatnonzero((z <= lo) | (z >= hi))
+    if bad.size:
+        raise SpecaeError(f"label {label!r} has {bad.size} redshifts outside {lo:.4g}-{hi:.4g}, where a spectrum's "
+                          f"rest frame shares no wavelength with the median one's (rows {', '.join(map(str, bad[:3]))}"
+                          f"{', ...' if bad.size > 3 else ''} counted across the files); remove those spectra "
+                          "(training in memory leaves them out)")
     return z
+
+
+def plausible_range(z: np.ndarray, wave: np.ndarray) -> tuple[float, float]:
+    """The open range of redshifts a rest-frame model can learn from, for redshifts `z` (N,) observed on `wave`.
+
+    A spectrum at z covers rest wavelengths wave / (1 + z). One whose rest window shares no wavelength with the
+    window at the median redshift has nothing in common with the bulk of the set for the decoder to learn, and
+    only stretches the rest grid (one z = 1e6 among z ~ 0.1 made it 33 times longer): so (1 + z) must lie within
+    a factor wave[-1] / wave[0] of 1 + median(z). No tuned constant, and the rest grid stays within three
+    observed windows.
+    """
+    ratio, mid = wave[-1] / wave[0], 1 + float(np.median(z))
+    return mid / ratio - 1, mid * ratio - 1
+
+
+def _plausible(train: Spectra, val: Spectra, label: str) -> tuple[Spectra, Spectra]:
+    """`train` and `val` without the spectra whose redshift lies outside `plausible_range` of the training
+    redshifts, counted in one warning naming them: the model is trained on, and records, the range kept."""
+    lo, hi = plausible_range(train.redshifts(label), train.wave)
+    keep = [(z > lo) & (z < hi) for z in (train.redshifts(label), val.redshifts(label))]
+    left = np.concatenate([s.ids[~k] for s, k in zip((train, val), keep)])
+    if left.size:
+        warnings.warn(CountWarning(left.size, f"spectra with redshifts outside {lo:.4g}-{hi:.4g} were left out of "
+                                   "training: their rest frame shares no wavelength with the median one's", left),
+                      stacklevel=3)
+    return train.select(keep[0]), val.select(keep[1])
+
+
+# -- what a run trained on, and what a resumed run must keep ----------------------------------------------
+# settings that may change when a run is resumed (how long, where and how it runs); the others are the run's
+PER_INVOCATION = ("epochs", "max_minutes", "device", "precision", "distributed", "num_workers", "progress")
+
+
+def describe(data: Spectra | H5Blocks) -> dict:
+    """What a run trains or validates on, kept in its history ("data") and checked on resume: the grid, the
+    rows, and a fingerprint of the values of up to 8 rows spread over the set (cheap for files of any size,
+    and the same whether the set is held in memory or streamed)."""
+    n = len(data) if isinstance(data, Spectra) else data.n_rows
+    h = hashlib.sha256(np.asarray(data.wave, np.float64).tobytes())
+    for r in np.unique(np.linspace(0, n - 1, 8).astype(int)) if n else ():
+        row = data.select(slice(r, r + 1)) if isinstance(data, Spectra) else _read_row(data, int(r))
+        h.update(np.asarray(row.flux, np.float32).tobytes() + np.asarray(row.ivar, np.float32).tobytes())
+    return {**_grid(data.wave), "rows": int(n), "fingerprint": h.hexdigest()[:16]}
+
+
+def _grid(wave: np.ndarray) -> dict:
+    return {"npix": int(wave.size), "wave": [float(wave[0]), float(wave[-1])]}
+
+
+def _read_row(blocks: H5Blocks, r: int) -> Spectra:
+    """Row `r` of the files of `blocks`, counted across them in order."""
+    from specae.data.hdf5 import H5Spectra
+
+    for f, a, b in blocks.blocks:
+        if r < b - a:
+            with H5Spectra(blocks.paths[f]) as h5:
+                return h5.read(slice(a + r, a + r + 1))
+        r -= b - a
+    raise IndexError(r)
+
+
+_SHOWN = {"npix": "{} pixels", "wave": "wavelengths {0[0]:.6g}-{0[1]:.6g} A", "rows": "{} rows",
+          "fingerprint": "fingerprint {}"}
+
+
+def _refuse_difference(here: dict, there: dict, what: str, where: str, fix: str = "") -> None:
+    """SpecaeError naming the first property (in _SHOWN's order) in which record `here` differs from `there`."""
+    for key, shown in _SHOWN.items():
+        if key in here and key in there:
+            a, b = here[key], there[key]
+            if not (np.allclose(a, b, rtol=1e-10, atol=0) if key == "wave" else a == b):
+                raise SpecaeError(f"{what} ({shown.format(a)}) differ from {where} ({shown.format(b)}){fix}")
+
+
+def _history(d: Path) -> dict:
+    return load_history(d / "history.json") if (d / "history.json").is_file() else {}
+
+
+def _earlier_run(out_dir) -> Path:
+    if out_dir is None:
+        raise SpecaeError("--resume needs the model directory of the earlier run")
+    d = Path(out_dir)
+    if not (d / "train_state.pt").is_file():
+        raise SpecaeError(f"--resume: no earlier run to continue in {d}")
+    return d
+
+
+def resumed_config(out_dir, model_options: dict, options: dict) -> TrainConfig:
+    """The settings to continue the run saved in `out_dir`: its own, with the PER_INVOCATION ones of `options`.
+    Any other setting given (ModelConfig fields in `model_options`, TrainConfig fields in `options`) must be
+    the run's: a SpecaeError naming both values otherwise, rather than a setting silently ignored."""
+    d = _earlier_run(out_dir)
+    require_files(d, ("config.json",), "model")
+    with reading(d, "checkpoint"):
+        saved_model = asdict(ModelConfig.from_json((d / "config.json").read_text()))
+    known = {f.name for f in fields(TrainConfig)}
+    saved = {k: v for k, v in _history(d).get("train_config", {}).items() if k in known}
+    fixed = {k: v for k, v in options.items() if k not in PER_INVOCATION}
+    for given, run in ((model_options, saved_model), (fixed, saved)):
+        for name, value in given.items():
+            if name in run and value != run[name]:
+                raise SpecaeError(f"--resume: {name} {value} given, but the run in {d} has {name} {run[name]}; "
+                                  "leave it out to continue that run, or train afresh in another directory")
+    return replace(TrainConfig(**saved), **options)
 
 
 def fit(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None, out_dir=None,
@@ -248,24 +364,28 @@ def fit(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig 
     train, val: `Spectra` in memory, or HDF5 paths / glob patterns / lists of them, streamed by row
     blocks (never read whole). Without `val`, a random `val_fraction` of the spectra (of the row blocks,
     for files) is held out. With `out_dir`, the best model is written there whenever it improves, and
-    the last state every epoch, so an interrupted run resumes (`resume=True`) where it stopped.
+    the last state every epoch, so an interrupted run resumes (`resume=True`) where it stopped, on the data
+    it recorded (history "data", see `describe`) and nothing else.
     Under torchrun with `cfg.distributed`, every rank trains its share of each batch (DDP).
     """
     cfg = cfg or TrainConfig()
     rt = Runtime.create(cfg.device, cfg.precision, cfg.distributed)
     torch.manual_seed(cfg.seed)
     if isinstance(train, Spectra):
+        seen = {"training": describe(train), "validation": None if val is None else describe(val)}
         train = train.drop_empty()
         if val is None:
             train, val = train.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed)
         val = val.drop_empty()
+        if model_cfg and model_cfg.redshift:
+            train, val = _plausible(train, val, model_cfg.redshift)
         if len(train) < 2 or len(val) < 1:
             raise SpecaeError(f"too few spectra with valid pixels to train ({len(train)} train, {len(val)} validation)")
         pick = np.random.default_rng(cfg.seed).permutation(len(train))[:cfg.init_rows]
         sample, z_all = train.select(np.sort(pick)), None
         if model_cfg and model_cfg.redshift:
             z_all = train.redshifts(model_cfg.redshift)
-        model = _start(sample, model_cfg, z_all, out_dir, resume)
+        model = _start(sample, model_cfg, z_all, out_dir, resume, seen)
         train_src = _tensor_source(train, model, cfg, True, rt)
         val_src = _tensor_source(val, model, cfg, False, rt)
         val_cal = val.select(slice(0, cfg.calib_rows))
@@ -278,13 +398,14 @@ def fit(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig 
         else:
             train_blocks, val_files = blocks.blocks, H5Blocks(val)
             val_blocks = val_files.blocks
+        seen = {"training": describe(blocks), "validation": None if val is None else describe(val_files)}
         if not train_blocks or not val_blocks:
             raise SpecaeError(f"too few rows to hold out validation spectra ({blocks.n_rows} rows); give --val")
         sample = _sample_rows(blocks, train_blocks, cfg.init_rows, cfg.seed).drop_empty()
         if len(sample) < 2:
             raise SpecaeError("too few spectra with valid pixels to train")
         z_all = _all_redshifts(blocks, model_cfg.redshift) if model_cfg and model_cfg.redshift else None
-        model = _start(sample, model_cfg, z_all, out_dir, resume)
+        model = _start(sample, model_cfg, z_all, out_dir, resume, seen)
         window = window_mask(model.wave, model.cfg.norm_window)
         common = dict(redshift=model.cfg.redshift, seed=cfg.seed, num_workers=cfg.num_workers,
                       transform=_normaliser(window, rt.device), pin_memory=rt.device.type == "cuda")
@@ -292,19 +413,60 @@ def fit(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig 
         val_src = H5Source(val_files, val_blocks, 4 * cfg.batch_size, shuffle=False, **common)
         val_cal = _sample_rows(val_files, val_blocks, cfg.calib_rows, cfg.seed + 1).drop_empty()
         n_train, n_val = len(train_src), len(val_src)
-    extra = {"train_config": asdict(cfg), "n_train": n_train, "n_val": n_val}
+    extra = {"train_config": asdict(cfg), "n_train": n_train, "n_val": n_val, "data": seen}
     history = run_engine(VAEObjective(model, cfg), train_src, val_src, cfg, out_dir, resume, callbacks, rt, extra)
     history["validation"] = val_cal
     return model, history
 
 
-def _start(sample: Spectra, model_cfg: ModelConfig | None, z_all, out_dir, resume: bool) -> SpectrumVAE:
+# With a time budget, training stops at this share of it and the error model is fitted in the rest (more, when
+# training ends sooner): calibration is a fifth of a run, not an overrun after it
+TRAIN_SHARE = 0.8
+
+
+def fit_calibrated(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None,
+                   out_dir=None, resume: bool = False, callbacks: tuple = ()) -> tuple[SpectrumVAE, dict]:
+    """`fit`, then the error model fitted on the validation spectra (specae.calibration.fit_calibration) and the
+    calibrated model saved in `out_dir`, all within `cfg.max_minutes`. Until the calibrated model is written last,
+    `out_dir` holds no calibration.json, so an interrupted run leaves a model that `denoise` refuses. Under
+    torchrun only rank 0 calibrates and saves (the others return the uncalibrated model)."""
+    from specae.calibration import fit_calibration
+
+    cfg = cfg or TrainConfig()
+    t0 = time.monotonic()
+    budget = None if cfg.max_minutes is None else 60 * cfg.max_minutes
+    share = cfg if budget is None else replace(cfg, max_minutes=TRAIN_SHARE * cfg.max_minutes)
+    model, history = fit(train, val, model_cfg, share, out_dir, resume, callbacks)
+    validation = history.pop("validation")
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return model, history
+    history["train_config"] = asdict(cfg)   # the budget given, not the training share of it
+    fit_calibration(model, validation, seed=cfg.seed,
+                    seconds=None if budget is None else budget - (time.monotonic() - t0))
+    if out_dir is not None:
+        save_model(model, out_dir, history)
+    return model, history
+
+
+def _start(sample: Spectra, model_cfg: ModelConfig | None, z_all, out_dir, resume: bool, seen: dict) -> SpectrumVAE:
     """The model to train: the saved one when resuming (its architecture; the engine loads the last
-    state), else a fresh one started at the sample's weighted PCA."""
-    if resume:
-        if out_dir is None:
-            raise SpecaeError("--resume needs the model directory of the earlier run")
-        if not (Path(out_dir) / "train_state.pt").is_file():
-            raise SpecaeError(f"--resume: no earlier run to continue in {out_dir}")
-        return load_model(out_dir)
-    return build_model(sample, model_cfg or ModelConfig(npix=sample.npix), z_all)
+    state), else a fresh one started at the sample's weighted PCA. `seen` (`describe` of the training and
+    validation data) is checked first: validation on the training grid; when resuming, the model's grid and
+    the data the run recorded."""
+    if seen["validation"]:   # the grid only: other rows are the point of validation
+        _refuse_difference({k: seen["validation"][k] for k in ("npix", "wave")}, seen["training"],
+                           "the validation data", "the training data", "; put them on one grid (specae convert --grid-from)")
+    if not resume:
+        return build_model(sample, model_cfg or ModelConfig(npix=sample.npix), z_all)
+    d = _earlier_run(out_dir)
+    model = load_model(d)
+    fix = "; resume on the run's own data, or train afresh in another directory"
+    _refuse_difference(seen["training"], _grid(model.wave), "--resume: the training data", f"the model in {d}", fix)
+    for part, had in (_history(d).get("data") or {}).items():
+        if (seen.get(part) is None) != (had is None):
+            raise SpecaeError(f"--resume: the run in {d} " + ("validated on --val files; give them again" if had
+                              else "held out its own validation spectra; resume without --val"))
+        if had:
+            _refuse_difference(seen[part], had, f"--resume: the {part} data", f"the run's in {d}", fix)
+    model.calibration = None   # it describes the saved weights, not those trained now (save_model drops its file)
+    return model

@@ -485,7 +485,9 @@ def test_ae_trains(stars):
 # denoising
 
 
-def test_denoise_is_finite_everywhere_including_masked_and_empty_spectra(trained, stars):
+def test_denoise_is_finite_on_masked_chunks_and_marks_empty_spectra_as_no_estimate(trained, stars):
+    from specae.errors import CountWarning
+
     model = trained[0]
     s = stars[:4]
     s.mask[1] = True                     # a dead fibre: no valid pixel at all
@@ -493,17 +495,20 @@ def test_denoise_is_finite_everywhere_including_masked_and_empty_spectra(trained
     s.mask[2, 20:90] = True              # a large masked chunk
     s.ivar[2, 20:90] = 0
     s = Spectra(s.wave, s.flux, s.ivar, s.mask, s.labels, s.ids)
-    d = denoise(model, s)
+    with pytest.warns(CountWarning, match="1 spectra without a valid pixel"):
+        d = denoise(model, s)
     assert d.flux.shape == d.sigma.shape == d.sigma_core.shape == (4, WAVE.size)
     np.testing.assert_array_equal(d.wave, s.wave)
+    live = [0, 2, 3]
     for a in (d.flux, d.sigma, d.sigma_core):
-        assert np.isfinite(a).all()
-    assert (d.sigma > 0).all() and (d.sigma >= d.sigma_core * (1 - 1e-6)).all()
-    lat = encode(model, s)
-    assert np.isfinite(lat.mean).all() and np.isfinite(lat.std).all() and (lat.std > 0).all()
-    # with no data, the posterior falls back to the prior N(0, I): wider than for a good spectrum
-    assert lat.std[1].mean() > lat.std[0].mean()
-    np.testing.assert_allclose(lat.std[1], 1.0, rtol=0.05)
+        assert np.isfinite(a[live]).all()
+    assert (d.sigma[live] > 0).all() and (d.sigma[live] >= d.sigma_core[live] * (1 - 1e-6)).all()
+    # the dead fibre: no estimate (the model's prior mean would pass for one), masked with an infinite sigma
+    assert d.unseen[1].all() and not d.unseen[live].any() and np.isinf(d.sigma[1]).all()
+    with pytest.warns(CountWarning, match="1 spectra without a valid pixel"):
+        lat = encode(model, s)
+    assert np.isfinite(lat.mean[live]).all() and np.isfinite(lat.std[live]).all() and (lat.std[live] > 0).all()
+    assert np.isnan(lat.mean[1]).all() and np.isinf(lat.std[1]).all()
 
 
 def test_denoise_of_zero_spectra_gives_empty_output(trained):

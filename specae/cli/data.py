@@ -9,6 +9,7 @@ def _convert(args) -> None:
     from specae.data.hdf5 import write_h5
     from specae.data.readers import read_many
     from specae.data.resample import parse_grid
+    from specae.paths import expand_paths
 
     wave = None
     if args.grid and args.grid_from:
@@ -19,7 +20,7 @@ def _convert(args) -> None:
         from specae.data.hdf5 import H5Spectra
         with H5Spectra(args.grid_from) as h5:
             wave = h5.wave
-    spectra = read_many(args.files, wave=wave, exposures=args.exposures)
+    spectra = read_many(expand_paths(args.files), wave=wave, exposures=args.exposures)
     write_h5(spectra, args.output)
     n_empty = int((~spectra.has_data).sum())
     print(f"wrote {len(spectra)} spectra x {spectra.npix} pixels to {args.output}"
@@ -28,7 +29,7 @@ def _convert(args) -> None:
 
 def register(sub) -> None:
     c = sub.add_parser("convert", help="read SDSS/DESI/APOGEE FITS files into one specae HDF5 file")
-    c.add_argument("files", nargs="+", metavar="FILE")
+    c.add_argument("files", nargs="+", metavar="FILE", help="FITS files (or glob patterns)")
     c.add_argument("-o", "--output", required=True, metavar="OUT.h5")
     c.add_argument("--grid", metavar="loglam:START:STOP:STEP",
                    help="common output grid (START/STOP in Angstrom, STEP in dex); default: from the inputs")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specae.cli import decay, positive_int
+from specae.cli import decay, directory, non_negative, positive, positive_int, seed
 from specae.errors import SpecaeError
 
 HELD_OUT = 0.2   # fraction of the images (of the columns of tiles) kept out of training, for evaluation
@@ -164,12 +164,12 @@ def register(sub) -> None:
                                     f"PNG/FITS image cut into tiles (--tile). {HELD_OUT:.0%} of the images (of "
                                     "a large image: its right-most columns of tiles) are held out.")
     t.add_argument("images", metavar="IMAGES")
-    t.add_argument("-o", "--output", required=True, metavar="GAN", help="GAN directory (created)")
+    t.add_argument("-o", "--output", type=directory, required=True, metavar="GAN", help="GAN directory (created)")
     t.add_argument("--size", type=int, choices=(32, 64), default=None,
                    help="image side (default: the images'; larger images are binned down)")
     t.add_argument("--dense", action="store_true", help="the fully connected baseline instead of the DCGAN")
     t.add_argument("--epochs", type=positive_int, default=100, metavar="N")
-    t.add_argument("--max-minutes", type=float, default=None, metavar="M", help="wall-clock budget")
+    t.add_argument("--max-minutes", type=positive, default=None, metavar="M", help="wall-clock budget")
     t.add_argument("--tile", type=positive_int, default=None, metavar="T", help="cut one large image into TxT tiles")
     t.add_argument("--width", type=positive_int, default=64, metavar="W", help="DCGAN base channels (ngf = ndf)")
     t.add_argument("--latent", type=positive_int, default=100, metavar="K")
@@ -177,15 +177,15 @@ def register(sub) -> None:
     t.add_argument("--loss", choices=("bce", "hinge"), default="bce")
     t.add_argument("--spectral-norm", action="store_true", help="spectral norm in the discriminator")
     t.add_argument("--noise", action="store_true", help="per-pixel noise inputs in the generator (StyleGAN's)")
-    t.add_argument("--r1", type=float, default=0.0, metavar="GAMMA", help="R1 penalty weight (0: off)")
+    t.add_argument("--r1", type=non_negative, default=0.0, metavar="GAMMA", help="R1 penalty weight (0: off)")
     t.add_argument("--ema", type=decay, default=None, metavar="DECAY",
                    help="sample from an exponential moving average of the weights, e.g. 0.999 (default: off)")
     t.add_argument("--diffaug", default="", metavar="POLICY", help="DiffAugment, e.g. translation,cutout")
-    t.add_argument("--softening", type=float, default=None, metavar="S",
+    t.add_argument("--softening", type=positive, default=None, metavar="S",
                    help="linear range of the asinh flux stretch in units of the sky noise (default 10)")
     t.add_argument("--select", choices=("morphology_max", "morphology"), default=None,
                    help="keep the epoch whose worst (default) or mean morphology distance to training images is least")
-    t.add_argument("--seed", type=int, default=0, metavar="S")
+    t.add_argument("--seed", type=seed, default=0, metavar="S")
     t.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     t.add_argument("--resume", action="store_true", help="continue the run saved in GAN")
@@ -197,14 +197,14 @@ def register(sub) -> None:
     s.add_argument("-n", type=positive_int, default=64, metavar="N")
     s.add_argument("-o", "--output", required=True, metavar="OUT.npy", help="float32 (N, C, H, W)")
     s.add_argument("--png", default=None, metavar="GRID.png", help="also draw the samples as a grid")
-    s.add_argument("--seed", type=int, default=0, metavar="S")
+    s.add_argument("--seed", type=seed, default=0, metavar="S")
     s.set_defaults(func=_sample)
 
     e = gsub.add_parser("evaluate", help="morphology distances, KID, precision/recall, memorisation vs real images")
     e.add_argument("gan", metavar="GAN")
     e.add_argument("images", metavar="IMAGES", help="held-out images (the training file: its held-out part)")
     e.add_argument("-o", "--output", required=True, metavar="METRICS.json")
-    e.add_argument("--seed", type=int, default=0, metavar="S")
+    e.add_argument("--seed", type=seed, default=0, metavar="S")
     e.set_defaults(func=_evaluate)
 
     c = gsub.add_parser("score", help="the discriminator's score per image (> 0: looks real)")
@@ -217,7 +217,7 @@ def register(sub) -> None:
 
     lt = gsub.add_parser("latent", help="latent directions for size and ellipticity, interpolation, arithmetic (PNGs)")
     lt.add_argument("gan", metavar="GAN")
-    lt.add_argument("-o", "--output", required=True, metavar="DIR")
+    lt.add_argument("-o", "--output", type=directory, required=True, metavar="DIR")
     lt.add_argument("-n", type=positive_int, default=2000, metavar="N", help="samples to measure")
-    lt.add_argument("--seed", type=int, default=0, metavar="S")
+    lt.add_argument("--seed", type=seed, default=0, metavar="S")
     lt.set_defaults(func=_latent)

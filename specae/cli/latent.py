@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specae.cli import positive_int
+from specae.cli import at_least_two, directory, fraction, non_negative, non_negative_int, positive, positive_int, seed
 from specae.cli.model import add_runtime_options, load_for_inference, run_files
 from specae.errors import SpecaeError
 
@@ -38,34 +38,41 @@ def _floats(text: str) -> np.ndarray:
 def encode_files(model, paths, posterior: str, batch_size=None, names=None, max_rows: int | None = None):
     """Latent posteriors of the spectra in `paths`, read block by block: (Latents, labels {name: (N,)},
     ids (N,)). Labels `names` (default: the numeric labels all files share) must be in every file; only
-    the first `max_rows` rows are read if given."""
+    the first `max_rows` rows are read if given. Spectra without a valid pixel are left out (counted in a
+    warning: their latents are no estimate)."""
     from specae.data.hdf5 import H5Spectra
     from specae.data.sources import expand_paths
     from specae.denoise import Latents, encode
+    from specae.errors import one_count_warning
     from specae.regress import label_column, numeric_labels
 
     means, covs, labels, ids, kind, total = [], [], [], [], posterior, 0
-    for path in expand_paths(paths):
-        with H5Spectra(path) as h5:
-            for part in h5.batches(max(h5.chunk_rows, 1024)):
-                if max_rows is not None and total >= max_rows:
-                    break
-                part = part[: None if max_rows is None else max_rows - total]
-                wanted = numeric_labels(part.labels) if names is None else names
-                try:
-                    labels.append({n: label_column(part.labels, n, len(part)) for n in wanted})
-                except SpecaeError as e:
-                    raise SpecaeError(f"{path}: {e}") from None
-                lat = encode(model, part, posterior, batch_size)
-                means.append(lat.mean)
-                covs.append(lat.cov)
-                ids.append(part.ids)
-                kind, total = lat.kind, total + len(part)
+    with one_count_warning():   # one for all blocks and files
+        for path in expand_paths(paths):
+            with H5Spectra(path) as h5:
+                for part in h5.batches(max(h5.chunk_rows, 1024)):
+                    if max_rows is not None and total >= max_rows:
+                        break
+                    part = part[: None if max_rows is None else max_rows - total]
+                    wanted = numeric_labels(part.labels) if names is None else names
+                    try:
+                        labels.append({n: label_column(part.labels, n, len(part)) for n in wanted})
+                    except SpecaeError as e:
+                        raise SpecaeError(f"{path}: {e}") from None
+                    lat = encode(model, part, posterior, batch_size)
+                    means.append(lat.mean)
+                    covs.append(lat.cov)
+                    ids.append(part.ids)
+                    kind, total = lat.kind, total + len(part)
     if total == 0:
         raise SpecaeError(f"{', '.join(map(str, paths))}: no spectra")
     common = [n for n in labels[0] if all(n in d for d in labels)]
-    return (Latents(np.concatenate(means), np.concatenate(covs), kind),
-            {n: np.concatenate([d[n] for d in labels]) for n in common}, np.concatenate(ids))
+    mean = np.concatenate(means)
+    keep = np.isfinite(mean).all(1)
+    if not keep.any():
+        raise SpecaeError(f"{', '.join(map(str, paths))}: no spectra with a valid pixel")
+    return (Latents(mean[keep], np.concatenate(covs)[keep], kind),
+            {n: np.concatenate([d[n] for d in labels])[keep] for n in common}, np.concatenate(ids)[keep])
 
 
 def _directions(args) -> None:
@@ -144,13 +151,12 @@ def _score(args) -> None:
 
 
 def _plot_latent(args) -> None:
-    from specae.latent import load_directions
     from specae.plots import plot_latent_space
 
     model = load_for_inference(args)
     lat, labels, _ = encode_files(model, args.data, args.posterior, args.batch_size, [args.color], args.max_rows)
     if args.directions:
-        dirs, _ = load_directions(args.directions)
+        dirs = _directions_of(model, args.directions)
         chosen = _names(args.axes) or sorted(dirs, key=lambda k: -dirs[k].r2_cv)[:2]
         missing = [k for k in chosen if k not in dirs]
         if missing or len(chosen) < 2:
@@ -163,19 +169,27 @@ def _plot_latent(args) -> None:
     print(f"latent space of {len(points)} spectra coloured by {args.color} in {args.output}")
 
 
+def _directions_of(model, path) -> dict:
+    """The directions in `path`, refused unless fitted on `model`'s latents (as `predict` refuses a regressor)."""
+    from specae.latent import load_directions
+    from specae.regress import check_fitted_on
+
+    dirs, info = load_directions(path)
+    check_fitted_on(model, info.get("latent_dim"), info.get("model_fingerprint"), str(path),
+                    "refit them with this model (specae directions)")
+    return dirs
+
+
 def _plot_traversal(args) -> None:
     from specae.data.hdf5 import read_h5
     from specae.denoise import encode
-    from specae.latent import load_directions, traverse
+    from specae.latent import traverse
     from specae.plots import plot_traversal
 
     model = load_for_inference(args)
-    dirs, info = load_directions(args.directions)
+    dirs = _directions_of(model, args.directions)
     if args.label not in dirs:
         raise SpecaeError(f"{args.directions}: no direction for {args.label!r} (has {', '.join(sorted(dirs))})")
-    if info.get("latent_dim") != model.cfg.latent_dim:
-        raise SpecaeError(f"{args.directions}: directions for {info.get('latent_dim')} latents, the model has "
-                          f"{model.cfg.latent_dim}")
     d = dirs[args.label]
     z0 = np.zeros(model.cfg.latent_dim)
     if args.data:
@@ -294,24 +308,25 @@ def register(sub) -> None:
     d.add_argument("--labels", metavar="A,B", help="labels to use (default: every numeric label)")
     d.add_argument("--orthogonal", action="store_true",
                    help="each step also holds the other labels' fits fixed")
-    d.add_argument("--alpha", type=float, default=1.0, metavar="A", help="ridge penalty (latents have unit scale)")
-    d.add_argument("--folds", type=positive_int, default=5, metavar="F", help="cross-validation folds")
-    d.add_argument("--seed", type=int, default=0, metavar="S")
+    d.add_argument("--alpha", type=non_negative, default=1.0, metavar="A",
+                   help="ridge penalty (latents have unit scale)")
+    d.add_argument("--folds", type=at_least_two, default=5, metavar="F", help="cross-validation folds")
+    d.add_argument("--seed", type=seed, default=0, metavar="S")
     d.set_defaults(func=_directions)
 
     r = sub.add_parser("regress", help="fit a map latent -> labels with calibrated sigmas")
     _model_options(r, "labelled spectra (NaN = missing, skipped for that label)")
-    r.add_argument("-o", "--output", required=True, metavar="REG", help="regressor directory (created)")
+    r.add_argument("-o", "--output", type=directory, required=True, metavar="REG", help="regressor directory (created)")
     r.add_argument("--labels", metavar="A,B", help="labels to fit (default: every numeric label)")
     r.add_argument("--kind", choices=("mlp", "ridge"), default="mlp",
                    help="mlp: mean and variance per label (default); ridge: linear")
     r.add_argument("--calibration", nargs="+", metavar="CAL.h5",
                    help="labelled spectra the VAE did not train on, to calibrate sigma (default: --holdout of DATA)")
-    r.add_argument("--holdout", type=float, default=0.2, metavar="F",
+    r.add_argument("--holdout", type=fraction, default=0.2, metavar="F",
                    help="fraction of DATA held out to calibrate sigma when no --calibration is given")
     r.add_argument("--epochs", type=positive_int, default=200, metavar="N")
-    r.add_argument("--max-minutes", type=float, default=None, metavar="M")
-    r.add_argument("--seed", type=int, default=0, metavar="S")
+    r.add_argument("--max-minutes", type=positive, default=None, metavar="M")
+    r.add_argument("--seed", type=seed, default=0, metavar="S")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_regress)
 
@@ -325,7 +340,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=None, metavar="B", help="spectra per batch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_runtime_options(p)
-    p.set_defaults(func=_predict)
+    p.set_defaults(func=_predict, batch=True)
 
     s = sub.add_parser("score", help="outlier scores: log evidence, chi2/dof, latent density")
     _model_options(s, "spectra to score (files or glob patterns)")
@@ -336,7 +351,7 @@ def register(sub) -> None:
     s.add_argument("--reference-rows", type=positive_int, default=5000, metavar="N",
                    help="reference rows read (the first N)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=_score)
+    s.set_defaults(func=_score, batch=True)
 
     plot = sub.add_parser("plot", help="figures: latent, traversal, denoised, calibration, training")
     kinds = plot.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -356,7 +371,7 @@ def register(sub) -> None:
     t.add_argument("-o", "--output", required=True, metavar="FIG.png")
     t.add_argument("--amounts", metavar="X,Y,...", help="steps in label units (default: -2..2 label spreads)")
     t.add_argument("--data", metavar="DATA.h5", help="start from a spectrum of this file (default: z = 0)")
-    t.add_argument("--row", type=int, default=0, metavar="I", help="its row (default 0)")
+    t.add_argument("--row", type=non_negative_int, default=0, metavar="I", help="its row (default 0)")
     t.add_argument("--posterior", choices=("laplace", "decoder", "encoder"), default="laplace", help=POSTERIOR_HELP)
     add_runtime_options(t)
     t.set_defaults(func=_plot_traversal)

@@ -6,11 +6,9 @@ denoise, heldout and encode stream: each input file is read and written block by
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from specae.cli import decay, non_negative, positive_int
+from specae.cli import decay, directory, non_negative, non_negative_int, positive, positive_int, seed
 
 IN_MEMORY_BYTES = 1 << 30   # training sets up to this size (flux + ivar) are held in memory; larger ones stream
 
@@ -33,14 +31,22 @@ def load_for_inference(args):
 def _train(args) -> None:
     import torch.distributed as dist
 
-    from specae.calibration import fit_calibration
     from specae.data.hdf5 import H5Spectra, read_h5
     from specae.data.sources import expand_paths
     from specae.data.spectra import Spectra
-    from specae.models.checkpoint import save_model
     from specae.models.config import ModelConfig
-    from specae.train import TrainConfig, fit
+    from specae.train import TrainConfig, fit_calibrated, resumed_config
 
+    # settings not given (None) are ModelConfig's and TrainConfig's defaults, or when resuming the run's own
+    given_model = {k: v for k, v in dict(kind=args.model, latent_dim=args.latent_dim, decoder=args.decoder,
+                                         redshift=args.redshift).items() if v is not None}
+    given = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, ema=args.ema, beta_nll=args.beta_nll,
+                                   seed=args.seed).items() if v is not None}
+    if "ema" in given:
+        given["ema"] = given["ema"] or None   # --ema 0: the weights themselves
+    given |= dict(epochs=args.epochs, max_minutes=args.max_minutes, device=args.device, precision=args.precision,
+                  distributed=args.distributed, num_workers=args.workers, progress=not args.quiet)
+    train_cfg = resumed_config(args.output, given_model, given) if args.resume else TrainConfig(**given)
     paths = expand_paths(args.data)
     val_paths = expand_paths(args.val) if args.val else None
     size = 0
@@ -54,23 +60,12 @@ def _train(args) -> None:
     else:
         train = Spectra.concatenate([read_h5(p) for p in paths])
         val = Spectra.concatenate([read_h5(p) for p in val_paths]) if val_paths else None
-    model_cfg = ModelConfig(npix=npix, kind=args.model, latent_dim=args.latent_dim, decoder=args.decoder,
-                            redshift=args.redshift)
-    ema = TrainConfig.ema if args.ema is None else args.ema or None
-    beta_nll = TrainConfig.beta_nll if args.beta_nll is None else args.beta_nll
-    train_cfg = TrainConfig(epochs=args.epochs, max_minutes=args.max_minutes, batch_size=args.batch_size,
-                            lr=args.lr, ema=ema, beta_nll=beta_nll, seed=args.seed, device=args.device,
-                            precision=args.precision,
-                            distributed=args.distributed, num_workers=args.workers, progress=not args.quiet)
-    # a calibration left by an earlier run would not describe the weights trained now
-    if Path(args.output).is_dir():
-        (Path(args.output) / "calibration.json").unlink(missing_ok=True)
-    model, history = fit(train, val, model_cfg, train_cfg, out_dir=args.output, resume=args.resume)
+    model_cfg = ModelConfig(npix=npix, **given_model)
+    model, history = fit_calibrated(train, val, model_cfg, train_cfg, out_dir=args.output, resume=args.resume)
     if dist.is_initialized() and dist.get_rank() != 0:
-        return   # rank 0 calibrates and prints
-    cal = fit_calibration(model, history.pop("validation"), seed=args.seed)
-    save_model(model, args.output, history)
-    print(f"trained {args.model} on {history['n_train']} spectra ({history['n_val']} for validation"
+        return   # rank 0 calibrated and prints
+    cal = model.calibration
+    print(f"trained {model.cfg.kind} on {history['n_train']} spectra ({history['n_val']} for validation"
           + (f", streamed from {len(paths)} file(s)" if stream else "") + f"): best val chi2/dof "
           f"{history['best_val_chi2_dof']:.4f} at epoch {history['best_epoch'] + 1}, stopped by {history['stopped']}; "
           f"error model calibrated on {cal.n_pixels} validation pixels; model in {args.output}")
@@ -97,10 +92,12 @@ def _calibrate(args) -> None:
 def run_files(args, fn, wave=None, attrs=None, verb="processed", detail="") -> None:
     """Apply `fn` to every input file (streamed), print one summary line."""
     from specae.data.sources import expand_paths
+    from specae.errors import one_count_warning
     from specae.results import map_files
 
     inputs = expand_paths(args.data)
-    s = map_files(inputs, args.output, fn, progress=not getattr(args, "quiet", False), wave=wave, attrs=attrs)
+    with one_count_warning():   # one warning per kind for all blocks and files
+        s = map_files(inputs, args.output, fn, progress=not getattr(args, "quiet", False), wave=wave, attrs=attrs)
     if len(s["outputs"]) == 1:
         where = str(s["outputs"][0])
     else:
@@ -109,23 +106,13 @@ def run_files(args, fn, wave=None, attrs=None, verb="processed", detail="") -> N
 
 
 def _denoise(args) -> None:
-    from specae.denoise import denoise
+    from specae.denoise import denoise, output_arrays
 
     model = load_for_inference(args)
 
     def fn(part):
-        out = denoise(model, part, batch_size=args.batch_size, posterior=args.posterior,
-                      covariance=args.pixel_covariance, precision=args.precision)
-        ivar = np.where(np.isfinite(out.sigma) & (out.sigma > 0), 1 / np.maximum(out.sigma.astype(np.float64), 1e-30) ** 2, 0)
-        res = {"flux": out.flux, "ivar": ivar.astype(np.float32), "flux_sigma": out.sigma, "mask": out.unseen,
-               "input_mask": out.inpainted, "scale": np.ones(len(out.flux))}
-        if out.tail_weight.any():
-            res |= {"flux_sigma_core": out.sigma_core, "flux_tail_weight": out.tail_weight}
-        if out.covariance is not None:
-            c = out.covariance
-            res |= {"flux_cov_factor": c.factor, "flux_cov_diag": c.diag, "flux_cov_band": c.band,
-                    "flux_cov_pivots": c.pivots.astype(np.float32), "flux_cov_off": np.full(len(out.flux), c.off)}
-        return res
+        return output_arrays(denoise(model, part, batch_size=args.batch_size, posterior=args.posterior,
+                                     covariance=args.pixel_covariance, precision=args.precision))
 
     run_files(args, fn, wave=model.wave, verb="denoised",
                attrs={"source": f"specae denoise ({args.posterior} posterior)", "flux_unit": "", "frame": "observed"})
@@ -188,34 +175,40 @@ def _inputs(p, help_text: str, kinds=("laplace", "decoder")) -> None:
                         + ("; encoder: q(z|x)" if "encoder" in kinds else ""))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_runtime_options(p)
+    p.set_defaults(batch=True)   # one output per input file: see specae.cli.refuse_overwrites
 
 
 def register(sub) -> None:
     t = sub.add_parser("train", help="train a VAE or AE on specae HDF5 files (streamed when large)")
     t.add_argument("data", nargs="+", metavar="DATA.h5", help="training files (or glob patterns)")
-    t.add_argument("-o", "--output", required=True, metavar="MODEL", help="model directory (created)")
+    t.add_argument("-o", "--output", type=directory, required=True, metavar="MODEL",
+                   help="model directory (created)")
     t.add_argument("--val", nargs="+", metavar="VAL.h5", default=None,
                    help="validation files (default: a random tenth of the training spectra)")
-    t.add_argument("--model", choices=("vae", "ae"), default="vae")
-    t.add_argument("--latent-dim", type=positive_int, default=6, metavar="K")
-    t.add_argument("--decoder", choices=("mlp", "conv"), default="mlp")
+    # settings left unset (None) take ModelConfig's/TrainConfig's defaults, or on --resume the run's own
+    t.add_argument("--model", choices=("vae", "ae"), default=None, help="default vae")
+    t.add_argument("--latent-dim", type=positive_int, default=None, metavar="K", help="default 6")
+    t.add_argument("--decoder", choices=("mlp", "conv"), default=None, help="default mlp")
     t.add_argument("--epochs", type=positive_int, default=200, metavar="N")
-    t.add_argument("--max-minutes", type=float, default=None, metavar="M", help="wall-clock budget")
-    t.add_argument("--batch-size", type=positive_int, default=64, metavar="B", help="global batch (all ranks)")
-    t.add_argument("--lr", type=float, default=1e-3, metavar="LR")
+    t.add_argument("--max-minutes", type=positive, default=None, metavar="M", help="wall-clock budget")
+    t.add_argument("--batch-size", type=positive_int, default=None, metavar="B",
+                   help="global batch (all ranks; default 64)")
+    t.add_argument("--lr", type=positive, default=None, metavar="LR", help="learning rate (default 1e-3)")
     t.add_argument("--ema", type=decay, default=None, metavar="DECAY",
                    help="decay of the moving average of the weights that is validated and kept (default 0.99; "
                         "0: the weights themselves)")
     t.add_argument("--beta-nll", type=non_negative, default=None, metavar="BETA",
                    help="weight each pixel's likelihood by (1 + sigma_model^2 ivar)^BETA, so the model cannot "
                         "explain a hard feature away by widening its scatter (default 1; 0: the plain likelihood)")
-    t.add_argument("--seed", type=int, default=0, metavar="S")
-    t.add_argument("--resume", action="store_true", help="continue the run saved in MODEL")
+    t.add_argument("--seed", type=seed, default=None, metavar="S", help="default 0")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run saved in MODEL, on the same data and with the same settings")
     t.add_argument("--redshift", metavar="LABEL", default=None,
                    help="decode in the rest frame, shifting by this label's redshift")
     t.add_argument("--stream", action="store_true",
                    help="stream the training files by row blocks even when they would fit in memory")
-    t.add_argument("--workers", type=int, default=2, metavar="W", help="DataLoader workers when streaming")
+    t.add_argument("--workers", type=non_negative_int, default=2, metavar="W",
+                   help="DataLoader workers when streaming")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel training under torchrun (NCCL on GPUs, gloo on CPUs)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -234,10 +227,11 @@ def register(sub) -> None:
                                          "without truth and without retraining")
     c.add_argument("model", metavar="MODEL")
     c.add_argument("data", nargs="+", metavar="DATA", help="spectra the model did not train on (files or globs)")
-    c.add_argument("-o", "--output", required=True, metavar="NEW_MODEL", help="model directory to write")
+    c.add_argument("-o", "--output", type=directory, required=True, metavar="NEW_MODEL",
+                   help="model directory to write")
     c.add_argument("--posterior", choices=("laplace", "decoder"), default="laplace",
                    help="the latent posterior the model will denoise with (default laplace)")
-    c.add_argument("--seed", type=int, default=0, metavar="S", help="which spectra, where there are more than needed")
+    c.add_argument("--seed", type=seed, default=0, metavar="S", help="which spectra, where there are more than needed")
     add_runtime_options(c)
     c.set_defaults(func=_calibrate)
 
@@ -246,7 +240,7 @@ def register(sub) -> None:
     _inputs(h, "spectra to check (files or glob patterns)")
     h.add_argument("--passes", type=positive_int, default=10, metavar="P",
                    help="a random 1/P of the valid pixels is hidden at a time (default 10)")
-    h.add_argument("--seed", type=int, default=0, metavar="S")
+    h.add_argument("--seed", type=seed, default=0, metavar="S")
     h.set_defaults(func=_heldout)
 
     e = sub.add_parser("encode", help="write latent posteriors: z_mean, z_std, z_cov (and log_amplitude)")
@@ -254,7 +248,7 @@ def register(sub) -> None:
     e.set_defaults(func=_encode)
 
     m = sub.add_parser("demo", help="generate the bundled synthetic set, train a small VAE, denoise, plot")
-    m.add_argument("-o", "--output", default="specae-demo", metavar="DIR")
-    m.add_argument("--max-minutes", type=float, default=1.0, metavar="M")
-    m.add_argument("--seed", type=int, default=0, metavar="S")
+    m.add_argument("-o", "--output", type=directory, default="specae-demo", metavar="DIR")
+    m.add_argument("--max-minutes", type=positive, default=1.0, metavar="M")
+    m.add_argument("--seed", type=seed, default=0, metavar="S")
     m.set_defaults(func=_demo)

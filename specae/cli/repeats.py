@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from specae.cli import _checked, positive_int
-
-
-def _degree(text: str) -> int:
-    """argparse type: a polynomial degree, an integer >= 0."""
-    return _checked(text, int, lambda v: v >= 0, "at least 0")
+from specae.cli import non_negative_int, positive_int
 
 
 def _repeats(args) -> None:
@@ -52,7 +47,7 @@ def register(sub) -> None:
                        help="radial velocity (km/s) that puts each observation on the rest frame (apVisit: VRAD)")
     frame.add_argument("--redshift", metavar="LABEL", default=None, help="redshift label, instead of a velocity")
     r.add_argument("-o", "--output", required=True, metavar="OUT.h5")
-    r.add_argument("--degree", type=_degree, default=3, metavar="D",
+    r.add_argument("--degree", type=non_negative_int, default=3, metavar="D",
                    help="degree of the smooth multiplicative match between observations (default 3)")
     r.add_argument("--pca-components", type=positive_int, default=6, metavar="K",
                    help="components of the weighted-PCA baseline fitted on DATA (default 6)")

@@ -17,7 +17,7 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyError
 from astropy.utils.exceptions import AstropyUserWarning, AstropyWarning
 
-from specae.data.resample import loglam_grid
+from specae.data.resample import SPECTRA_BYTES, loglam_grid, require_memory
 from specae.data.spectra import Spectra
 from specae.errors import SpecaeError, about, first_line, one_masking_warning
 
@@ -435,6 +435,9 @@ def read_many(paths, wave=None, exposures: bool = False) -> Spectra:
         # half a step of headroom so float rounding in `step` cannot drop the last pixel of the union
         wave = loglam_grid(min(s.wave[0] for s in items), max(s.wave[-1] for s in items) * 10 ** (0.5 * step), step)
     wave = np.asarray(wave, dtype=np.float64)
+    # the rebinned files and their concatenation are held at once
+    require_memory(sum(map(len, items)), wave.size, f"{sum(map(len, items))} spectra on a grid of {wave.size} pixels",
+                   2 * SPECTRA_BYTES)
     items = [s if np.array_equal(s.wave, wave) else s.resample(wave) for s in items]
 
     kinds = {}

@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import scipy.sparse as sp
 
 from specae.errors import SpecaeError
+
+
+# bytes per (spectrum, pixel): held in a Spectra (float32 flux and ivar, bool mask), and at the peak of rebinning
+# onto a grid (the float64 sums, ivar and temporaries of the rebinning, then the new Spectra's arrays)
+SPECTRA_BYTES = 9
+REBIN_BYTES = 80
+
+
+def available_memory() -> int:
+    """Bytes of memory a process can expect to get: MemAvailable on Linux, else the physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) << 10 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def require_memory(n_spectra: int, npix: int, what: str, per_value: int = REBIN_BYTES) -> None:
+    """SpecaeError before `n_spectra` x `npix` values of `per_value` bytes are allocated beyond the memory
+    available: refused in one line, instead of the process being killed without a message."""
+    need, have = float(n_spectra) * npix * per_value, available_memory()
+    if need > have:
+        raise SpecaeError(f"{what} would need about {need / 2 ** 30:.3g} GiB of memory, more than the "
+                          f"{have / 2 ** 30:.3g} GiB available; use a coarser grid or fewer spectra at a time")
 
 
 def checked_grid(wave) -> np.ndarray:
@@ -61,6 +87,8 @@ def loglam_grid(start: float, stop: float, step: float) -> np.ndarray:
     if not (0 < start < stop < np.inf) or not 0 < step < np.inf:
         raise SpecaeError(f"bad log-lambda grid: start={start}, stop={stop}, step={step}")
     n = int(np.floor((np.log10(stop) - np.log10(start)) / step + 1e-9)) + 1
+    # a grid not even one spectrum could be rebinned onto is refused before it is built
+    require_memory(1, n, f"a log-lambda grid of {n} pixels ({start:g}-{stop:g} A, step {step:g} dex)")
     return 10 ** (np.log10(start) + step * np.arange(n))
 
 

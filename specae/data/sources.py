@@ -8,11 +8,8 @@ normalisation of streamed spectra), so the GPU, not the loader, does the arithme
 
 from __future__ import annotations
 
-import glob
 import math
-import os
 import warnings
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -20,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from specae.errors import SpecaeError
+from specae.paths import expand_paths
 
 Tensors = dict[str, torch.Tensor]
 
@@ -74,21 +72,6 @@ def mix_seed(*ints: int) -> int:
 
 
 # -- HDF5 streaming -------------------------------------------------------------------------------------
-def expand_paths(pattern) -> list[Path]:
-    """A path, a glob pattern or a list of either -> sorted existing files; SpecaeError if none."""
-    items = [pattern] if isinstance(pattern, (str, os.PathLike)) else list(pattern)
-    paths = []
-    for item in items:
-        hits = sorted(glob.glob(str(item))) if glob.has_magic(str(item)) else [str(item)]
-        if not hits:
-            raise SpecaeError(f"{item}: no file matches")
-        paths += hits
-    for p in paths:
-        if not Path(p).is_file():
-            raise SpecaeError(f"{p}: no such file")
-    return [Path(p) for p in paths]
-
-
 class H5Blocks:
     """The row blocks of one or many specae HDF5 files: (file index, start, stop), aligned to the files'
     row chunks so each read decompresses whole chunks once."""

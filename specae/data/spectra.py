@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from specae.errors import MaskedPixelsWarning, SpecaeError
-from specae.data.resample import checked_grid, loglam_grid, overlap_pairs, pixel_edges, rebin_matrix
+from specae.data.resample import (checked_grid, loglam_grid, overlap_pairs, pixel_edges, rebin_matrix,
+                                  require_memory)
 
 F32_MAX = float(np.finfo(np.float32).max)
 
@@ -188,6 +189,7 @@ class Spectra:
         sum(w_i^2 var_i) / (sum w_i)^2. New pixels less than half covered by valid data are masked.
         """
         wave = checked_grid(wave)
+        require_memory(len(self), wave.size, f"resampling {len(self)} spectra onto {wave.size} pixels")
         w = rebin_matrix(self.wave, wave)                   # (npix_new, npix_old) overlap lengths
         good, flux, var = self._valid_flux_var(slice(None))
         flux, ivar = _from_sums(wave, *[(m @ a.T).T for m, a in ((w, good), (w, flux), (w.power(2), var))])
@@ -210,6 +212,7 @@ class Spectra:
             step = float(np.median(np.diff(np.log10(self.wave))))
             wave = loglam_grid(self.wave[0] / (1 + z.max()), self.wave[-1] / (1 + z.min()), step)
         wave = checked_grid(wave)
+        require_memory(len(self), wave.size, f"{len(self)} spectra on a rest-frame grid of {wave.size} pixels")
         e_old, e_new = pixel_edges(self.wave), pixel_edges(wave)
         flux, ivar = np.zeros((2, len(self), wave.size), np.float32)
         block = max(1, 250_000 // (e_old.size + e_new.size))   # ~2.5e5 pixel pairs a block: fits in cache

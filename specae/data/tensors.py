@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from specae.data.spectra import Spectra
-from specae.errors import SpecaeError
+from specae.errors import CountWarning, SpecaeError
 
 F32_MAX = float(torch.finfo(torch.float32).max)
 
@@ -64,7 +64,10 @@ def normalise(flux: torch.Tensor, ivar: torch.Tensor, window: torch.Tensor | Non
     x = (flux.double() / norm[:, None]).float()
     # float64 for the product: ivar ~ 1e30 times norm^2 must saturate, not overflow to inf
     ivar_x = (ivar.double() * norm[:, None] ** 2).clamp(max=F32_MAX).float()
-    return x, torch.where(valid, ivar_x, torch.zeros_like(ivar_x)), norm
+    # a pixel whose chi^2 against zero, x^2 ivar, is beyond float32's range cannot be weighed in the model's float32
+    # arithmetic (one glitch of 1e25 among fluxes ~1 made the latent posterior's Hessian NaN): masked
+    valid &= x.double() ** 2 * ivar_x.double() <= F32_MAX
+    return torch.where(valid, x, torch.zeros_like(x)), torch.where(valid, ivar_x, torch.zeros_like(ivar_x)), norm
 
 
 def window_mask(wave: np.ndarray, window) -> torch.Tensor | None:
@@ -84,11 +87,18 @@ def on_grid(spectra: Spectra, wave: np.ndarray, what: str = "the model") -> Spec
         return spectra
     # half a pixel of slack at each end: resampling keeps pixels that are at least half covered
     if spectra.wave[0] > wave[0] + 0.5 * (wave[1] - wave[0]) or spectra.wave[-1] < wave[-1] - 0.5 * (wave[-1] - wave[-2]):
-        raise SpecaeError(f"the spectra cover {spectra.wave[0]:.1f}-{spectra.wave[-1]:.1f} A but {what} needs "
-                          f"{wave[0]:.1f}-{wave[-1]:.1f} A ({wave.size} pixels); give spectra that cover its range")
+        # wavelengths in nm or micron read as Angstrom: say so when that factor would make them overlap
+        unit = next((f"; in {name}? specae reads wavelengths in Angstrom (multiply them by {f:g})"
+                     for name, f in (("nm", 10), ("micron", 1e4))
+                     if spectra.wave[0] * f < wave[-1] and spectra.wave[-1] * f > wave[0]), "")
+        raise SpecaeError(f"the spectra cover {spectra.wave[0]:.4g}-{spectra.wave[-1]:.4g} A but {what} needs "
+                          f"{wave[0]:.1f}-{wave[-1]:.1f} A ({wave.size} pixels){unit or '; give spectra that cover its range'}")
     warnings.warn(f"spectra resampled from their {spectra.npix}-pixel grid onto {what}'s {wave.size}-pixel grid",
                   stacklevel=3)
     return spectra.resample(wave)
+
+
+UNWEIGHABLE = "pixels were masked: beyond float32's range in the model's units (flux^2 ivar, or ivar underflowing)"
 
 
 def to_batch(spectra: Spectra, window: torch.Tensor | None = None, redshift: str | None = None):
@@ -97,5 +107,8 @@ def to_batch(spectra: Spectra, window: torch.Tensor | None = None, redshift: str
     The scale includes `spectra.scale`, so multiplying model-space flux by it gives the original units.
     """
     x, ivar, norm = normalise(torch.from_numpy(spectra.flux), torch.from_numpy(spectra.ivar), window)
+    lost = int(((torch.from_numpy(spectra.ivar) > 0) & (ivar == 0)).sum())
+    if lost:
+        warnings.warn(CountWarning(lost, UNWEIGHABLE), stacklevel=2)
     z = torch.from_numpy(spectra.redshifts(redshift)).float() if redshift else None
     return Batch(x, ivar, z), spectra.scale * norm.numpy()

@@ -184,6 +184,11 @@ def _read_numpy(p: Path) -> tuple[np.ndarray, dict]:
     """(array, labels) from .npy (never pickles) or .npz (the stack under one of STACK_KEYS, or its only
     array; every other (N,) numeric array is a label)."""
     try:
+        with open(p, "rb") as f:
+            magic = f.read(6)
+        if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):   # else np.load guesses a pickle and says so
+            raise SpecaeError(f"{p}: not a readable NumPy file (not a {p.suffix.lower()} file: it does not start "
+                              "with the NumPy or zip signature)")
         data = np.load(p, allow_pickle=False)
         if isinstance(data, np.ndarray):
             return data, {}

@@ -19,7 +19,7 @@ from specae.errors import SpecaeError
 from specae.images.checkpoint import GAN
 from specae.images.figures import write_grid
 from specae.images.metrics import MORPHOLOGY, morphology
-from specae.images.sampling import generate, latents
+from specae.images.sampling import check_fits, generate, latents
 from specae.latent import slerp
 from specae.regress import r2, ridge_fit
 
@@ -31,6 +31,7 @@ def render(gan: GAN, z: np.ndarray | torch.Tensor) -> np.ndarray:
 
 def measured(gan: GAN, n: int, seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """n latents (n, latent) and the morphology statistics (n,) each of their images."""
+    check_fits(gan, n)
     z = latents(n, gan.net.latent, seed).numpy()
     return z, morphology(render(gan, z))
 
@@ -94,9 +95,9 @@ def write_latent_figures(gan: GAN, out_dir, n: int = 2000, seed: int = 0) -> dic
     """PNGs in `out_dir`: direction_r50.png and direction_ellipticity.png (rows: 6 random starts moved from
     -3 to +3 along the direction), interpolation.png, arithmetic.png (A, B, C, A - B + C). Returns the
     directions' slopes and R^2 and the analogy's measured properties."""
+    z, stats = measured(gan, n, seed)   # first: a refused n leaves no directory behind
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    z, stats = measured(gan, n, seed)
     starts = latents(6, gan.net.latent, seed + 1).numpy()
     steps = np.linspace(-3, 3, 7)
     report = {}

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -34,9 +36,23 @@ def generate(generator: nn.Module, z: torch.Tensor, batch: int = 256, seed: int 
 
 def sample(gan: GAN, n: int, seed: int = 0, batch: int = 256) -> np.ndarray:
     """n generated images (n, C, H, W) float32 in the training images' units."""
+    check_fits(gan, n)
+    return gan.stretch.inverse(generate(gan.generator, latents(n, gan.net.latent, seed), batch, seed))
+
+
+def check_fits(gan: GAN, n: int) -> None:
+    """SpecaeError unless n >= 1 and n images of `gan` fit in this machine's memory while they are made (the
+    batches, their concatenation and a stretched copy at once), rather than a crash after minutes of work."""
     if n < 1:
         raise SpecaeError(f"number of samples must be at least 1, got {n}")
-    return gan.stretch.inverse(generate(gan.generator, latents(n, gan.net.latent, seed), batch, seed))
+    per = 4 * (gan.net.channels * gan.net.size ** 2 + gan.net.latent)   # float32 bytes of one image and its z
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):   # the system does not say: no bound
+        return
+    if 3 * n * per > ram:
+        raise SpecaeError(f"{n} samples need {3 * n * per / 2 ** 30:.3g} GiB while they are made, more than this "
+                          f"machine's {ram / 2 ** 30:.3g} GiB of memory; ask for at most {ram // (3 * per)}")
 
 
 @torch.no_grad()

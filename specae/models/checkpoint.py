@@ -11,13 +11,14 @@ import torch
 
 from specae.checkpoints import load_tensors, reading, require_files
 from specae.data.hdf5 import atomic_path
+from specae.errors import SpecaeError
 from specae.models.config import ModelConfig
 from specae.models.vae import SpectrumVAE
 
 
 def save_model(model: SpectrumVAE, directory, history: dict | None = None) -> None:
-    """Write config.json, weights.pt, calibration.json (if calibrated) and optionally history.json, each
-    atomically."""
+    """Write config.json, weights.pt, calibration.json (if calibrated; else an earlier one is removed) and
+    optionally history.json, each atomically."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     rest = model.decoder.loglam_rest
@@ -32,6 +33,8 @@ def save_model(model: SpectrumVAE, directory, history: dict | None = None) -> No
     if model.calibration is not None:
         with atomic_path(d / "calibration.json") as tmp:
             tmp.write_text(model.calibration.to_json())
+    else:   # one left beside earlier weights would not describe these
+        (d / "calibration.json").unlink(missing_ok=True)
     if history is not None:
         with atomic_path(d / "history.json") as tmp:
             tmp.write_text(json.dumps(history, indent=1))
@@ -47,6 +50,11 @@ def load_model(directory, map_location="cpu") -> SpectrumVAE:
         wave_rest = blob.get("wave_rest")
         model = SpectrumVAE(cfg, blob["wave"].numpy(), None if wave_rest is None else wave_rest.numpy())
         model.load_state_dict(blob["state"])
+        # NaN/inf weights (a diverged or damaged run) would turn every output into NaN without an error
+        bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise SpecaeError(f"non-finite (NaN/inf) values in {len(bad)} weight tensors ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}); retrain, or use an earlier checkpoint")
     if (d / "calibration.json").is_file():
         from specae.calibration import Calibration
 

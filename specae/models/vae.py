@@ -72,12 +72,13 @@ class SpectrumVAE(nn.Module):
         variances instead of noise. Returned in prior units: c / sqrt(var_prior), log(var_post / var_prior).
         """
         n = resid.shape[0]
-        basis = self._observed(self.basis, z, n).expand(n, -1, -1).float()      # (B, P, npix)
-        # S/N beyond 1e6 per pixel adds nothing here but could overflow the float32 sums
-        ivar, resid = ivar.float().clamp(max=1e12), resid.float()
-        normal = torch.einsum("bpn,bn,bqn->bpq", basis, ivar, basis).double() + torch.diag(1 / self.basis_var.double())
+        basis = self._observed(self.basis, z, n).expand(n, -1, -1).double()     # (B, P, npix)
+        # in float64: one pixel of S/N 1e6 among ordinary ones left a float32 normal matrix not positive definite.
+        # S/N beyond 1e6 per pixel adds nothing here.
+        ivar, resid = ivar.double().clamp(max=1e12), resid.double()
+        normal = torch.einsum("bpn,bn,bqn->bpq", basis, ivar, basis) + torch.diag(1 / self.basis_var.double())
         chol = torch.linalg.cholesky(normal)                                       # SPD: prior term > 0
-        rhs = torch.einsum("bpn,bn->bp", basis, ivar * resid).double()
+        rhs = torch.einsum("bpn,bn->bp", basis, ivar * resid)
         c = torch.cholesky_solve(rhs[..., None], chol)[..., 0]
         var = torch.diagonal(torch.cholesky_inverse(chol), dim1=1, dim2=2)
         bv = self.basis_var.double()
