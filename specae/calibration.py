@@ -175,25 +175,34 @@ def _negloglik(chunks: list[Inputs], values: torch.Tensor, active, base: Calibra
     return loss
 
 
+class _OutOfTime(Exception):
+    """The deadline of a fit passed."""
+
+
 def _fit_constants(chunks: list[Inputs], start: Calibration, active, deadline: float = math.inf
                    ) -> tuple[Calibration, float]:
-    """The constants of `active` most likely on `chunks`, from `start`; at `deadline` (time.monotonic) the fit
-    stops with the constants reached (L-BFGS only accepts steps that improve the likelihood)."""
+    """The constants of `active` most likely on `chunks`, from `start`; once `deadline` (time.monotonic) has
+    passed, the fit stops at its next evaluation with the most likely constants evaluated so far."""
+    best = [math.inf, None]
+
     def fun(p):
+        if best[1] is not None and time.monotonic() > deadline:
+            raise _OutOfTime
         values = torch.tensor(p, dtype=torch.float64, requires_grad=True)
         nll = _negloglik(chunks, values, active, start)
+        if nll < best[0]:
+            best[:] = nll, p.copy()
         return nll, values.grad.numpy().copy()
-
-    def out_of_time(_):
-        if time.monotonic() > deadline:
-            raise StopIteration
 
     bounds = [tuple(None if b is None else (math.log(b) if log else b) for b in bnd) for _, bnd, log in active]
     p0 = np.clip(_as_params(start, active), [lo for lo, _ in bounds], [np.inf if hi is None else hi for _, hi in bounds])
-    res = minimize(fun, p0, jac=True, method="L-BFGS-B", bounds=bounds, callback=out_of_time,
-                   options={"maxiter": MAX_ITER, "ftol": FTOL})
-    fitted = {name: float(math.exp(v) if log else v) for (name, _, log), v in zip(active, res.x)}
-    return replace(start, **fitted), float(res.fun)
+    try:
+        res = minimize(fun, p0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": MAX_ITER, "ftol": FTOL})
+        nll, p = res.fun, res.x
+    except _OutOfTime:
+        nll, p = best
+    fitted = {name: float(math.exp(v) if log else v) for (name, _, log), v in zip(active, p)}
+    return replace(start, **fitted), float(nll)
 
 
 def fit_calibration(model, spectra: Spectra, kind: str = "laplace", max_pixels: int = CALIBRATION_PIXELS,
@@ -203,8 +212,8 @@ def fit_calibration(model, spectra: Spectra, kind: str = "laplace", max_pixels: 
     (whole spectra, drawn at random), so the cost does not grow with the set.
 
     With `seconds`, the fit takes about that long: the pixels are cut to what EVALS evaluations of the likelihood
-    take, as timed on the first spectra on this machine, and the fit stops at the deadline with the constants
-    it reached (`n_pixels` says how many pixels they rest on).
+    take, as timed on the first spectra on this machine, and past the deadline each fit stops at its next
+    evaluation with the most likely constants so far (`n_pixels` says how many pixels they rest on).
     """
     deadline = math.inf if seconds is None else time.monotonic() + seconds
     model.eval()
@@ -237,6 +246,8 @@ def fit_calibration(model, spectra: Spectra, kind: str = "laplace", max_pixels: 
         per_pixel = (ROUNDS * (t1 - t0) + EVALS * (time.monotonic() - t1)) / int(n_valid[rows[:per_chunk]].sum())
         rows = taking(min(max_pixels, (deadline - time.monotonic()) / per_pixel))
     for step in range(ROUNDS):
+        if step and time.monotonic() > deadline:
+            break   # no time left to refit the latent posterior under the fitted constants
         chunks = terms(rows, cal)
         if step == 0:
             starts = [_fit_constants(chunks[::4], replace(START, outlier_scale=k), active, deadline)

@@ -38,7 +38,8 @@ def run_demo(out_dir="specae-demo", minutes: float = 1.0, seed: int = 0, latent_
     train_all, _ = default_dataset("stellar", n=n_train, seed=seed + 1)
     train, val = train_all.split((0.85, 0.15), seed=seed)
     model, history = fit_calibrated(train, val, ModelConfig(npix=noisy.npix, latent_dim=latent_dim),
-                                    TrainConfig(max_minutes=minutes, seed=seed), out_dir=out / "model")
+                                    TrainConfig(max_minutes=minutes, seed=seed), out_dir=out / "model",
+                                    overwrite=True)   # a demo run again replaces its own model
     d = denoise(model, noisy)
     pca_flux, _ = WeightedPCA(latent_dim, seed=seed).fit(train_all).denoise(noisy)
     t, x, valid = truth.flux, noisy.flux, ~noisy.mask

@@ -62,6 +62,15 @@ class Denoised:
     tail_weight: np.ndarray   # (N, npix) weight of its wide component
     covariance: PixelCovariance | None = None
     scale: np.ndarray | None = None   # (N,) the model's normalisation: input units per model-space unit
+    flux_unit: str = ""               # the input's flux unit (its meta["flux_unit"]), for to_specutils
+
+    def to_specutils(self, flux_unit: str | None = None):
+        """A specutils `Spectrum` (N, npix) of the denoised flux in `flux_unit` (default: the input's, the field
+        `flux_unit`) with StdDevUncertainty(sigma), masked where unseen (no estimate); meta["inpainted"] marks the
+        masked input pixels. Needs specutils (pip install "specae[specutils]")."""
+        from specae.data.specutils import denoised_to_specutils
+
+        return denoised_to_specutils(self, self.flux_unit if flux_unit is None else flux_unit)
 
     def predicted_coverage(self, k: float = 1.0) -> np.ndarray:
         """(N, npix) the probability, under the predictive distribution, that the truth lies within +-k sigma
@@ -188,7 +197,7 @@ def denoise(model, spectra: Spectra, batch_size: int | None = None, posterior: s
                               (cat("diag") * s ** 2).astype(np.float32), (cat("band") * s).astype(np.float32),
                               cat("pivots"), off)
     return Denoised(spectra.wave, flux, sigma, spectra.mask.copy(), unseen, core,
-                    np.where(unseen, 0.0, cat("tail")).astype(np.float32), cov, scale)
+                    np.where(unseen, 0.0, cat("tail")).astype(np.float32), cov, scale, spectra.meta["flux_unit"])
 
 
 UNREPRESENTABLE = ("denoised pixels were masked: their sigma is 0 or beyond float32's range even in the model's "

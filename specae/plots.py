@@ -15,7 +15,24 @@ from scipy.stats import norm
 
 from specae.data.hdf5 import atomic_path
 
-WAVE_LABEL = "wavelength [$\\AA$]"
+
+
+def wave_label(frame: str = "") -> str:
+    """The wavelength axis: unit, and the frame when known ('observed', 'rest')."""
+    return f"{frame + ' ' if frame else ''}wavelength [$\\AA$]"
+
+
+def flux_label(unit: str = "", what: str = "flux") -> str:
+    """The flux axis: `what` with the flux unit as the readers record it (e.g. '1e-17 erg/s/cm2/A', set in
+    LaTeX by astropy); none for an unknown unit, 'normalised' said as such."""
+    from specae.data.specutils import astropy_unit
+
+    if not unit.strip():
+        return what
+    u = astropy_unit(unit)
+    if u.physical_type == "dimensionless":
+        return f"{what} ({unit})"
+    return f"{what} [{u.to_string('latex_inline')}]"
 
 
 def _figure(fig: Figure | None, size: tuple) -> Figure:
@@ -29,9 +46,10 @@ def _save(fig: Figure, path) -> Figure:
     return fig
 
 
-def plot_denoised(path, wave, noisy, denoised, sigma, truth=None, mask=None, titles=None, fig=None) -> Figure:
+def plot_denoised(path, wave, noisy, denoised, sigma, truth=None, mask=None, titles=None, fig=None,
+                  flux_unit: str = "", frame: str = "") -> Figure:
     """One panel per spectrum: noisy input (masked pixels as red ticks along the bottom), denoised
-    +-1 sigma band, and the truth when known.
+    +-1 sigma band, and the truth when known; the axes say the flux unit and the frame (`Spectra.meta`).
 
     wave (npix,) Angstrom; noisy, denoised, sigma, truth, mask (n, npix); mask True = bad input pixel.
     """
@@ -51,11 +69,11 @@ def plot_denoised(path, wave, noisy, denoised, sigma, truth=None, mask=None, tit
             ax.plot(wave[mask[i]], np.full(int(mask[i].sum()), lo - 0.05 * (hi - lo)), "|", color="C3", ms=4,
                     label="masked pixel")
         ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
-        ax.set_ylabel("flux")
+        ax.set_ylabel(flux_label(flux_unit))
         if titles is not None:
             ax.set_title(titles[i], fontsize=9, loc="left")
     axes[0].legend(loc="upper right", fontsize=8, ncol=5)
-    axes[-1].set_xlabel(WAVE_LABEL)
+    axes[-1].set_xlabel(wave_label(frame))
     return _save(fig, path)
 
 
@@ -106,11 +124,13 @@ def plot_latent_space(path, points, color, axis_names, color_name: str, fig=None
     return _save(fig, path)
 
 
-def plot_traversal(path, wave, flux, values, label: str, offset: float | None = None, fig=None) -> Figure:
+def plot_traversal(path, wave, flux, values, label: str, offset: float | None = None, fig=None,
+                   frame: str = "") -> Figure:
     """Decoded spectra along a latent direction, one row per step, stacked with a vertical `offset`
     (default: a quarter of the flux range), each annotated with the label value of its row.
 
-    wave (npix,) Angstrom; flux (S, npix); values (S,) the label at each row.
+    wave (npix,) Angstrom in `frame`; flux (S, npix) in the model's normalised units; values (S,) the label at
+    each row.
     """
     flux = np.asarray(flux, float)
     if offset is None:
@@ -121,8 +141,8 @@ def plot_traversal(path, wave, flux, values, label: str, offset: float | None = 
     for i, (row, value) in enumerate(zip(flux, values)):
         ax.plot(wave, row + i * offset, color=colors[i], lw=0.8)
         ax.text(wave[-1], row[-1] + i * offset, f"  {label} = {value:.4g}", fontsize=8, va="center")
-    ax.set_xlabel(WAVE_LABEL)
-    ax.set_ylabel(f"decoded flux + offset ({offset:.3g} per row)")
+    ax.set_xlabel(wave_label(frame))
+    ax.set_ylabel(f"decoded flux (normalised) + offset ({offset:.3g} per row)")
     ax.set_title(f"decoded spectra along the {label} direction", fontsize=10, loc="left")
     return _save(fig, path)
 

@@ -10,6 +10,7 @@ a sample of.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
@@ -26,9 +27,10 @@ from specae.data.spectra import Spectra
 from specae.data.tensors import normalise, to_batch, window_mask
 from specae.engine import EngineConfig, Objective, Runtime, StepContext, adamw
 from specae.engine import train as run_engine
-from specae.engine.loop import load_history
+from specae.engine.loop import STATE, load_history, remove_state
 from specae.errors import CountWarning, SpecaeError
-from specae.models.checkpoint import load_model, save_model
+from specae.models.card import data_summary, heldout_summary
+from specae.models.checkpoint import holds_model, load_model, refuse_existing, replace_model, save_model
 from specae.models.config import ModelConfig
 from specae.models.vae import SpectrumVAE, chi2, gaussian_nll, kl_normal
 
@@ -331,8 +333,10 @@ def _earlier_run(out_dir) -> Path:
     if out_dir is None:
         raise SpecaeError("--resume needs the model directory of the earlier run")
     d = Path(out_dir)
-    if not (d / "train_state.pt").is_file():
-        raise SpecaeError(f"--resume: no earlier run to continue in {d}")
+    if not (d / STATE).is_file():
+        raise SpecaeError(f"--resume: no earlier run to continue in {d}"
+                          + ("; its training state was removed when it ended (train with --keep-state to resume "
+                             "later)" if (d / "weights.pt").is_file() else ""))
     return d
 
 
@@ -356,7 +360,7 @@ def resumed_config(out_dir, model_options: dict, options: dict) -> TrainConfig:
 
 
 def fit(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None, out_dir=None,
-        resume: bool = False, callbacks: tuple = ()) -> tuple[SpectrumVAE, dict]:
+        resume: bool = False, callbacks: tuple = (), files: list[str] | None = None) -> tuple[SpectrumVAE, dict]:
     """Train a VAE/AE; returns the model with the best validation chi2/dof and its history, whose "validation"
     holds up to `calib_rows` validation spectra (not written to history.json) to calibrate the error model on
     (`specae.calibration.fit_calibration`).
@@ -367,6 +371,7 @@ def fit(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig 
     the last state every epoch, so an interrupted run resumes (`resume=True`) where it stopped, on the data
     it recorded (history "data", see `describe`) and nothing else.
     Under torchrun with `cfg.distributed`, every rank trains its share of each batch (DDP).
+    `files`: the names of the files in-memory `train` was read from, for the model card (history "training_data").
     """
     cfg = cfg or TrainConfig()
     rt = Runtime.create(cfg.device, cfg.precision, cfg.distributed)
@@ -413,7 +418,9 @@ def fit(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig 
         val_src = H5Source(val_files, val_blocks, 4 * cfg.batch_size, shuffle=False, **common)
         val_cal = _sample_rows(val_files, val_blocks, cfg.calib_rows, cfg.seed + 1).drop_empty()
         n_train, n_val = len(train_src), len(val_src)
-    extra = {"train_config": asdict(cfg), "n_train": n_train, "n_val": n_val, "data": seen}
+        files = [Path(p).name for p in blocks.paths]
+    extra = {"train_config": asdict(cfg), "n_train": n_train, "n_val": n_val, "data": seen,
+             "training_data": data_summary(sample, files or [])}
     history = run_engine(VAEObjective(model, cfg), train_src, val_src, cfg, out_dir, resume, callbacks, rt, extra)
     history["validation"] = val_cal
     return model, history
@@ -424,27 +431,54 @@ def fit(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig 
 TRAIN_SHARE = 0.8
 
 
-def fit_calibrated(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None,
-                   out_dir=None, resume: bool = False, callbacks: tuple = ()) -> tuple[SpectrumVAE, dict]:
-    """`fit`, then the error model fitted on the validation spectra (specae.calibration.fit_calibration) and the
-    calibrated model saved in `out_dir`, all within `cfg.max_minutes`. Until the calibrated model is written last,
-    `out_dir` holds no calibration.json, so an interrupted run leaves a model that `denoise` refuses. Under
-    torchrun only rank 0 calibrates and saves (the others return the uncalibrated model)."""
-    from specae.calibration import fit_calibration
+# Validation spectra of the model card's held-out check (specae.denoise.heldout: 10 denoising passes each): 15 s on
+# one CPU core for 4000 pixels, small beside training
+CHECK_ROWS = 100
 
+
+def fit_calibrated(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None,
+                   out_dir=None, resume: bool = False, callbacks: tuple = (), files: list[str] | None = None,
+                   keep_state: bool = False, overwrite: bool = False) -> tuple[SpectrumVAE, dict]:
+    """`fit`, then the error model fitted on the validation spectra (specae.calibration.fit_calibration), a
+    held-out check of it on up to CHECK_ROWS of them (history "check"), and the calibrated model saved in `out_dir`
+    with its card (MODEL.md), all within `cfg.max_minutes` (the check aside). Until the calibrated model is written
+    last, `out_dir` holds no calibration.json, so an interrupted run leaves a model that `denoise` refuses, and its
+    training state, to resume; a finished run removes the state unless `keep_state`. An `out_dir` that already
+    holds a model is refused unless `resume` or `overwrite`; with `overwrite` the run trains beside it and takes
+    its place only once written whole (an interrupted run leaves the earlier model as it was). Under torchrun only
+    rank 0 calibrates and saves (the others return the uncalibrated model)."""
+    from specae.calibration import fit_calibration
+    from specae.denoise import heldout
+
+    refuse_existing(out_dir, resume, overwrite)
     cfg = cfg or TrainConfig()
     t0 = time.monotonic()
     budget = None if cfg.max_minutes is None else 60 * cfg.max_minutes
     share = cfg if budget is None else replace(cfg, max_minutes=TRAIN_SHARE * cfg.max_minutes)
-    model, history = fit(train, val, model_cfg, share, out_dir, resume, callbacks)
-    validation = history.pop("validation")
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return model, history
-    history["train_config"] = asdict(cfg)   # the budget given, not the training share of it
-    fit_calibration(model, validation, seed=cfg.seed,
-                    seconds=None if budget is None else budget - (time.monotonic() - t0))
-    if out_dir is not None:
-        save_model(model, out_dir, history)
+    work, staged = out_dir, overwrite and out_dir is not None and holds_model(out_dir)
+    if staged:
+        work = Path(out_dir).resolve()   # resolved: "." has no name to stage beside
+        work = work.with_name(f".{work.name}.new")
+        shutil.rmtree(work, ignore_errors=True)   # left by a run killed before it could clean up
+    try:
+        model, history = fit(train, val, model_cfg, share, work, resume, callbacks, files)
+        validation = history.pop("validation")
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+            return model, history
+        history["train_config"] = asdict(cfg)   # the budget given, not the training share of it
+        fit_calibration(model, validation, seed=cfg.seed,
+                        seconds=None if budget is None else budget - (time.monotonic() - t0))
+        history["check"] = heldout_summary(heldout(model, validation.select(slice(0, CHECK_ROWS)), seed=cfg.seed))
+        if out_dir is not None:
+            save_model(model, work, history)
+            if not keep_state:
+                remove_state(work)
+            if staged:
+                replace_model(work, out_dir)
+    except BaseException:
+        if staged:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     return model, history
 
 

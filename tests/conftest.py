@@ -6,6 +6,20 @@ import pytest
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def run(capsys, *argv):
+    """(exit code, stdout, stderr) of `specae *argv` run in this process."""
+    from specae.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(err):
+    """The CLI's contract for a refused input: one 'specae: error:' line, no traceback."""
+    return err.startswith("specae: error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
 def shared_dir(name: str) -> Path:
     """../shared/data/NAME beside the checkout, or skip the test with the reason."""
     d = SHARED / name

@@ -13,27 +13,19 @@ import pytest
 import torch
 
 from specae.cli import main
-from specae.data.hdf5 import read_h5, write_h5
+from specae.data.hdf5 import FORMAT_VERSION, read_h5, write_h5
 from specae.data.resample import loglam_grid
 from specae.data.spectra import Spectra
 from specae.data.synthetic import add_noise, galaxy_spectra, stellar_spectra
 from specae.train import TrainConfig
+
+from tests.conftest import one_error_line, run
 
 WAVE = loglam_grid(4000, 6000, 1e-3)   # 177 pixels
 ROOT = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err):
-    return err.startswith("specae: error: ") and err.count("\n") == 1 and "Traceback" not in err
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +122,7 @@ def test_heldout_writes_per_spectrum_checks_and_one_summary_line(files, vae_mode
     assert code == 0 and "checked 30 spectra" in stdout
     expect = heldout(load_model(vae_model), read_h5(files["stars"]), passes=3)
     with h5py.File(out) as f:
-        z, n = f["heldout_z"][()], f["n_heldout"][()]
+        z, n = f["heldout_pull"][()], f["n_heldout"][()]
         within1, chi2 = f["heldout_within_1sigma"][()], f["heldout_chi2_dof"][()]
         ids = np.array([s.decode() for s in f["ids"][()]])
     np.testing.assert_array_equal(n, expect.n)
@@ -148,11 +140,11 @@ def test_encode_writes_latents(files, vae_model, tmp_path, capsys):
     assert code == 0 and "encoded 30 spectra to 3 latents" in stdout
     src = read_h5(files["stars"])
     with h5py.File(out) as f:
-        z_mean, z_std, z_cov = f["z_mean"][()], f["z_std"][()], f["z_cov"][()]
+        z_mean, z_std, z_cov = f["latent_mean"][()], f["latent_std"][()], f["latent_cov"][()]
         log_amp = f["log_amplitude"][()]
         ids = np.array([s.decode() for s in f["ids"][()]])
         labels = {k: f["labels"][k][()] for k in f["labels"]}
-        assert f.attrs["specae_format"] == 1
+        assert f.attrs["specae_format"] == FORMAT_VERSION
     assert z_mean.shape == z_std.shape == (30, 3) and z_cov.shape == (30, 3, 3)
     assert np.isfinite(z_mean).all() and (z_std > 0).all()
     # each spectrum's fitted amplitude: a small correction of the normalisation (prior std 0.1)
@@ -173,7 +165,7 @@ def test_ae_model(files, tmp_path, capsys):
     assert json.loads((model / "config.json").read_text())["kind"] == "ae"
     assert run(capsys, "encode", model, files["stars"], "-o", tmp_path / "z.h5")[0] == 0
     with h5py.File(tmp_path / "z.h5") as f:
-        assert f["z_mean"].shape == (30, 3) and np.all(f["z_std"][()] == 0)
+        assert f["latent_mean"].shape == (30, 3) and np.all(f["latent_std"][()] == 0)
     assert run(capsys, "denoise", model, files["stars"], "-o", tmp_path / "d.h5")[0] == 0
     with h5py.File(tmp_path / "d.h5") as f:
         assert np.isfinite(f["flux_sigma"][()]).all() and (f["flux_sigma"][()] > 0).all()
@@ -206,7 +198,7 @@ def test_train_redshift_label_missing(files, tmp_path, capsys):
 def test_resume(files, tmp_path, capsys):
     model = tmp_path / "m"
     args = ["train", files["stars"], "-o", model, "--latent-dim", "2", "--batch-size", "16", "--quiet"]
-    assert run(capsys, *args, "--epochs", "1")[0] == 0
+    assert run(capsys, *args, "--epochs", "1", "--keep-state")[0] == 0
     assert run(capsys, *args, "--epochs", "3", "--resume")[0] == 0
     assert json.loads((model / "history.json").read_text())["epoch"] == [0, 1, 2]
     code, _, err = run(capsys, *args[:3], tmp_path / "fresh", *args[4:], "--epochs", "1", "--resume")
@@ -295,7 +287,7 @@ def test_output_directory_missing(files, vae_model, tmp_path, capsys):
 
 def test_empty_input_file_gives_an_empty_result(files, vae_model, tmp_path, capsys):
     # zero spectra: a valid, empty result with the same layout (a pipeline step with nothing to do)
-    for cmd, names in (("denoise", ("flux", "flux_sigma", "input_mask")), ("encode", ("z_mean", "z_std", "z_cov"))):
+    for cmd, names in (("denoise", ("flux", "flux_sigma", "input_mask")), ("encode", ("latent_mean", "latent_std", "latent_cov"))):
         out = tmp_path / f"{cmd}.h5"
         code, stdout, err = run(capsys, cmd, vae_model, files["empty"], "-o", out)
         assert code == 0 and f"{cmd}d 0 spectra" in stdout and err == ""

@@ -17,7 +17,8 @@ from specae.data.spectra import Spectra
 from specae.data.synthetic import add_noise, galaxy_spectra, stellar_spectra
 from specae.images.synthetic import galaxies
 from specae.train import describe
-from tests.test_cli_model import WAVE, one_error_line, run
+from tests.conftest import one_error_line, run
+from tests.test_cli_model import WAVE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -132,7 +133,7 @@ def files(tmp_path_factory):
 def model(files, tmp_path_factory):
     m = tmp_path_factory.mktemp("run") / "model"
     assert main(["train", str(files["stars"]), "-o", str(m), "--epochs", "1", "--latent-dim", "2",
-                 "--batch-size", "16", "--lr", "0.002", "--quiet"]) == 0
+                 "--batch-size", "16", "--lr", "0.002", "--quiet", "--keep-state"]) == 0
     return m
 
 

@@ -170,7 +170,8 @@ def test_resume_after_a_finished_run_continues_from_its_last_epoch(stars, tmp_pa
 def test_damaged_training_state_is_a_one_line_error(stars, tmp_path, capsys, damage):
     data, out = tmp_path / "s.h5", tmp_path / "m"
     write_h5(stars, data)
-    args = ["train", data, "-o", out, "--epochs", "1", "--latent-dim", "2", "--batch-size", "16", "--quiet"]
+    args = ["train", data, "-o", out, "--epochs", "1", "--latent-dim", "2", "--batch-size", "16", "--quiet",
+            "--keep-state"]
     assert main([str(a) for a in args]) == 0
     capsys.readouterr()
     state, hist = out / "train_state.pt", out / "history.json"

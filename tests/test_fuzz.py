@@ -21,7 +21,7 @@ from specae.cli import build_parser, main
 from specae.data.hdf5 import write_h5
 from specae.data.resample import loglam_grid
 from specae.data.synthetic import add_noise, stellar_spectra
-from tests.test_cli_model import one_error_line
+from tests.conftest import one_error_line
 from tests.test_cli_options import argv, numeric_options
 from tests.test_reliability import finite_or_masked
 

@@ -22,7 +22,7 @@ def test_round_trip_is_exact(tmp_path, small_spectra):
     assert np.array_equal(r.labels["Z"], s.labels["Z"]) and r.labels["CLASS"].tolist() == s.labels["CLASS"].tolist()
     assert r.meta == s.meta
     with h5py.File(path) as f:
-        assert f.attrs["specae_format"] == 1
+        assert f.attrs["specae_format"] == FORMAT_VERSION
         assert f["flux"].dtype == np.float32 and f["wave"].dtype == np.float64 and f["flux"].chunks is not None
     assert [p.name for p in tmp_path.iterdir()] == ["s.h5"]      # no temporary left behind
 

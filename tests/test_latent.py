@@ -324,15 +324,17 @@ def test_cli_regress_predict_and_calibration_plot(cli_files, capsys):
     assert code == 0
     test = read_h5(d / "test.h5")
     with h5py.File(d / "pred.h5", "r") as f:
-        assert sorted(f["labels"]) == ["FE_H", "TEFF"] and sorted(f["labels_sigma"]) == ["FE_H", "TEFF"]
+        assert sorted(f["predicted"]) == ["FE_H", "TEFF"] and sorted(f["predicted_sigma"]) == ["FE_H", "TEFF"]
+        assert "labels_sigma" not in f and sorted(f["labels"]) == sorted(test.labels)   # the given labels, copied
         assert list(f["ids"][()].astype(str)) == list(test.ids)
-        teff, sigma = f["labels/TEFF"][()], f["labels_sigma/TEFF"][()]
+        teff, sigma = f["predicted/TEFF"][()], f["predicted_sigma/TEFF"][()]
+        np.testing.assert_array_equal(f["labels/TEFF"][()], test.labels["TEFF"])
     assert np.corrcoef(teff, test.labels["TEFF"])[0, 1] > 0.9 and np.all(sigma > 0)
     code, _, _ = run(capsys, "predict", d / "model", d / "reg", d / "nolabels.h5", d / "test.h5", "-o", d / "many",
                      "--quiet")
     assert code == 0
     with h5py.File(d / "many" / "nolabels.h5", "r") as f:                  # rows in the input's order
-        np.testing.assert_allclose(f["labels/TEFF"][()], teff[:7], rtol=1e-5)
+        np.testing.assert_allclose(f["predicted/TEFF"][()], teff[:7], rtol=1e-5)
     code, out, _ = run(capsys, "plot", "calibration", d / "pred.h5", d / "test.h5", "-o", d / "cal.png")
     assert code == 0 and (d / "cal.png").is_file() and "FE_H, TEFF" in out
     code, _, err = run(capsys, "plot", "calibration", d / "pred.h5", d / "nolabels.h5", "-o", d / "bad.png")

@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+from astropy.io import fits
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -228,6 +229,25 @@ def test_random_apogee_files(tmp_path, data, kind, npix):
     path = tmp_path / f"{kind}-r.fits"
     apogee_file(path, kind, flux, err, bits, wave=wave)
     read_checked(path)
+
+
+@FEW
+@given(data=st.data(), npix=st.integers(1, 10), dr7=st.booleans(), coeff1=st.sampled_from([1e-4, 0.0, -1e-4, 50.0]))
+def test_random_lamost_files(tmp_path, data, npix, dr7, coeff1):
+    rows = data.draw(values((5, npix), FITS_FLOATS))
+    rows[3] = data.draw(hnp.arrays(np.int32, npix, elements=st.sampled_from([0, 0, 1, 1 << 5])))
+    if dr7 and data.draw(st.booleans()):
+        with np.errstate(over="ignore"):
+            rows[2] = 10 ** (3.5682 + coeff1 * np.arange(npix))
+    hdu = fits.PrimaryHDU(rows)
+    hdu.header.update({"EXTEN0": "Flux, Inverse, Wavelength, Andmask, Ormask" if dr7 else
+                       "Flux Inverse Subcontinuum Andmask Ormask", "COEFF0": 3.5682, "COEFF1": coeff1, "CLASS": "STAR"})
+    path = tmp_path / "spec-r.fits"
+    hdu.writeto(path, overwrite=True)
+    s = read_checked(path)
+    assert (s is not None) <= (coeff1 > 0 or npix == 1)       # a grid that does not increase is refused
+    if s is not None:
+        assert len(s) == 1 and s.mask[0][rows[3] != 0].all()
 
 
 # -- damaged files ------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from scipy.special import erf
 
 from specae.cli import main
+from specae.data.hdf5 import read_h5
 from specae.data.resample import loglam_grid
 from specae.data.spectra import Spectra
 from specae.errors import SpecaeError
@@ -164,6 +165,9 @@ def test_cli_writes_pairs_and_objects_and_prints_the_table(visits, tmp_path, cap
         assert dict(zip(names, f["objects/n_obs"][()])) == repeated
         pairs = {k: f["pairs"][k][()] for k in f["pairs"]}
         assert f.attrs["group"] == "OBJID" and f.attrs["velocity"] == "VRAD" and f.attrs["degree"] == 3
+        meta = read_h5(data, slice(0, 1)).meta   # the input's flux unit and frame, and the model, carried
+        assert (f.attrs["flux_unit"], f.attrs["frame"], f.attrs["model"]) == (meta["flux_unit"], meta["frame"],
+                                                                              str(model))
         assert 0.5 < f.attrs["noise_left_raw"] < 3 and 0 < f.attrs["within1"] < f.attrs["within2"] < 1
         assert all(np.isfinite(f["objects"][k][()]).all() for k in ("noise_left", "noise_left_baseline", "spread"))
     assert all(len(v) == n_pairs for v in pairs.values())

@@ -110,20 +110,21 @@ def _terminate(signum, frame):
 # the arguments that name files or directories a command reads; the test that every command refuses to
 # overwrite its inputs also checks that each positional argument is listed here
 INPUTS = ("model", "data", "files", "regressor", "gan", "images", "directions", "prediction", "truth", "directory",
-          "grid_from", "val", "calibration", "reference")
+          "grid_from", "val", "calibration", "reference", "catalogue")
 OUTPUTS = ("output", "png")
 
 
 def refuse_overwrites(args) -> None:
     """Refuse outputs that would replace or modify an input, before the command does any work. Commands
     that write one output per input file (`batch` set) have each of those checked too."""
-    from specae.paths import expand_paths, output_paths, refuse_inputs
+    from specae.inputs import input_outputs
+    from specae.paths import refuse_inputs
 
     given = [getattr(args, k, None) for k in INPUTS]
     refuse_inputs([getattr(args, k, None) for k in OUTPUTS],
                   [p for v in given for p in (v if isinstance(v, list) else [v])])
     if getattr(args, "batch", False):
-        output_paths(expand_paths(args.data), args.output, create=False)
+        input_outputs(args.data, args.output, create=False)
 
 
 def main(argv=None) -> int:

@@ -7,12 +7,13 @@ directory make a batch job that skips outputs already complete). Every output is
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from specae.cli import at_least_two, directory, fraction, non_negative, non_negative_int, positive, positive_int, seed
-from specae.cli.model import add_runtime_options, load_for_inference, run_files
+from specae.cli.model import DATA_HELP, OUTPUT_HELP, add_runtime_options, load_for_inference, run_files
 from specae.errors import SpecaeError
 
 POSTERIOR_HELP = "latent posterior: laplace (default), decoder (optimised with the decoder alone) or encoder"
@@ -38,32 +39,31 @@ def _floats(text: str) -> np.ndarray:
 def encode_files(model, paths, posterior: str, batch_size=None, names=None, max_rows: int | None = None):
     """Latent posteriors of the spectra in `paths`, read block by block: (Latents, labels {name: (N,)},
     ids (N,)). Labels `names` (default: the numeric labels all files share) must be in every file; only
-    the first `max_rows` rows are read if given. Spectra without a valid pixel are left out (counted in a
-    warning: their latents are no estimate)."""
-    from specae.data.hdf5 import H5Spectra
-    from specae.data.sources import expand_paths
+    the first `max_rows` rows are read if given. FITS files are read together onto the model's grid
+    (specae.inputs). Spectra without a valid pixel are left out (counted in a warning: their latents are no
+    estimate)."""
     from specae.denoise import Latents, encode
     from specae.errors import one_count_warning
+    from specae.inputs import spectrum_inputs
     from specae.regress import label_column, numeric_labels
 
     means, covs, labels, ids, kind, total = [], [], [], [], posterior, 0
     with one_count_warning():   # one for all blocks and files
-        for path in expand_paths(paths):
-            with H5Spectra(path) as h5:
-                for part in h5.batches(max(h5.chunk_rows, 1024)):
-                    if max_rows is not None and total >= max_rows:
-                        break
-                    part = part[: None if max_rows is None else max_rows - total]
-                    wanted = numeric_labels(part.labels) if names is None else names
-                    try:
-                        labels.append({n: label_column(part.labels, n, len(part)) for n in wanted})
-                    except SpecaeError as e:
-                        raise SpecaeError(f"{path}: {e}") from None
-                    lat = encode(model, part, posterior, batch_size)
-                    means.append(lat.mean)
-                    covs.append(lat.cov)
-                    ids.append(part.ids)
-                    kind, total = lat.kind, total + len(part)
+        for src in spectrum_inputs(paths, model.wave):
+            for part in src.blocks():
+                if max_rows is not None and total >= max_rows:
+                    break
+                part = part[: None if max_rows is None else max_rows - total]
+                wanted = numeric_labels(part.labels) if names is None else names
+                try:
+                    labels.append({n: label_column(part.labels, n, len(part)) for n in wanted})
+                except SpecaeError as e:
+                    raise SpecaeError(f"{src.name}: {e}") from None
+                lat = encode(model, part, posterior, batch_size)
+                means.append(lat.mean)
+                covs.append(lat.cov)
+                ids.append(part.ids)
+                kind, total = lat.kind, total + len(part)
     if total == 0:
         raise SpecaeError(f"{', '.join(map(str, paths))}: no spectra")
     common = [n for n in labels[0] if all(n in d for d in labels)]
@@ -123,11 +123,11 @@ def _predict(args) -> None:
 
     def fn(part):
         pred = reg.predict_latents(encode(model, part, reg.cfg.posterior, args.batch_size))
-        return {**{f"labels/{n}": pred.mean[:, j] for j, n in enumerate(pred.names)},
-                **{f"labels_sigma/{n}": pred.sigma[:, j] for j, n in enumerate(pred.names)}}
+        return {**{f"predicted/{n}": pred.mean[:, j] for j, n in enumerate(pred.names)},
+                **{f"predicted_sigma/{n}": pred.sigma[:, j] for j, n in enumerate(pred.names)}}
 
-    run_files(args, fn, verb="predicted labels of",
-               attrs={"source": f"specae predict ({reg.cfg.kind} map, {reg.cfg.posterior} posterior)"})
+    run_files(args, model, fn, f"specae predict ({reg.cfg.kind} map, {reg.cfg.posterior} posterior)",
+              verb="predicted labels of")
 
 
 def _score(args) -> None:
@@ -143,8 +143,8 @@ def _score(args) -> None:
     def fn(part):
         return outlier_scores(model, part, density, args.posterior, args.batch_size)
 
-    run_files(args, fn, verb="scored",
-               attrs={"source": f"specae score ({args.posterior} posterior)", "latent_density": where})
+    run_files(args, model, fn, f"specae score ({args.posterior} posterior)", verb="scored",
+              attrs={"latent_density": where})
 
 
 # -- plot ------------------------------------------------------------------------------------------------
@@ -181,7 +181,6 @@ def _directions_of(model, path) -> dict:
 
 
 def _plot_traversal(args) -> None:
-    from specae.data.hdf5 import read_h5
     from specae.denoise import encode
     from specae.latent import traverse
     from specae.plots import plot_traversal
@@ -191,27 +190,32 @@ def _plot_traversal(args) -> None:
     if args.label not in dirs:
         raise SpecaeError(f"{args.directions}: no direction for {args.label!r} (has {', '.join(sorted(dirs))})")
     d = dirs[args.label]
-    z0 = np.zeros(model.cfg.latent_dim)
+    z0, frame = np.zeros(model.cfg.latent_dim), ""
     if args.data:
-        one = read_h5(args.data, slice(args.row, args.row + 1))
-        if len(one) == 0:
-            raise SpecaeError(f"{args.data}: no row {args.row}")
-        z0 = encode(model, one, args.posterior).mean[0]
+        one = _read_rows(args.data, [args.row], model.wave)
+        z0, frame = encode(model, one, args.posterior).mean[0], one.meta["frame"]
     amounts = _floats(args.amounts) if args.amounts else np.linspace(-2, 2, 7) * d.spread
     _, flux = traverse(model, z0, d.step, amounts)
-    plot_traversal(args.output, model.wave, flux, d.predict(z0[None])[0] + amounts, args.label)
+    plot_traversal(args.output, model.wave, flux, d.predict(z0[None])[0] + amounts, args.label, frame=frame)
     print(f"{len(amounts)} decoded spectra along the {args.label} direction in {args.output}")
 
 
-def _read_rows(path, rows: list[int]):
-    """Rows `rows` of a spectrum file as one Spectra, without reading the rest."""
+def _read_rows(path, rows: list[int], wave: np.ndarray):
+    """Rows `rows` of a spectrum file as one Spectra, without reading the rest of an HDF5 file (a FITS file is
+    read onto the model's grid `wave`, specae.inputs)."""
     from specae.data.hdf5 import H5Spectra
     from specae.data.spectra import Spectra
+    from specae.inputs import SpectrumInput, is_fits, read_fits_set
 
+    src = SpectrumInput(str(path), spectra=read_fits_set([Path(path)], wave)) if is_fits(path) \
+        else SpectrumInput(str(path), path=Path(path))
+    n = len(src)
+    bad = [r for r in rows if not 0 <= r < n]
+    if bad:
+        raise SpecaeError(f"{path}: has {n} spectra, no row {bad[0]}")
+    if src.spectra is not None:
+        return src.spectra.select(rows)
     with H5Spectra(path) as h5:
-        bad = [r for r in rows if not 0 <= r < len(h5)]
-        if bad:
-            raise SpecaeError(f"{path}: has {len(h5)} spectra, no row {bad[0]}")
         return Spectra.concatenate([h5.read(slice(r, r + 1)) for r in rows])
 
 
@@ -222,15 +226,16 @@ def _plot_denoised(args) -> None:
 
     model = load_for_inference(args)
     rows = [int(r) for r in _floats(args.rows)]
-    spectra = on_grid(_read_rows(args.data, rows), model.wave)
+    spectra = on_grid(_read_rows(args.data, rows, model.wave), model.wave)
     truth = None
     if args.truth:
-        truth = _read_rows(args.truth, rows).flux
+        truth = _read_rows(args.truth, rows, model.wave).flux
         if truth.shape != spectra.flux.shape:
             raise SpecaeError(f"{args.truth}: its spectra are not on the model's grid ({truth.shape[1]} pixels, "
                               f"the model has {spectra.npix})")
     d = denoise(model, spectra, posterior=args.posterior)
-    plot_denoised(args.output, d.wave, spectra.flux, d.flux, d.sigma, truth, spectra.mask, list(spectra.ids))
+    plot_denoised(args.output, d.wave, spectra.flux * spectra.scale[:, None], d.flux, d.sigma, truth, spectra.mask,
+                  list(spectra.ids), flux_unit=spectra.meta["flux_unit"], frame=spectra.meta["frame"])
     print(f"{len(rows)} denoised spectra in {args.output}")
 
 
@@ -243,13 +248,17 @@ def _plot_calibration(args) -> None:
     try:
         with h5py.File(args.prediction, "r") as f:
             ids = f["ids"][()].astype(str) if "ids" in f else None
-            if "labels_sigma" in f:
+            if "predicted_sigma" in f:
+                pred = {k: (f["predicted"][k][()], f["predicted_sigma"][k][()]) for k in f["predicted_sigma"]}
+            elif "labels_sigma" in f:   # written before format 2, when predictions sat where given labels do
+                warnings.warn(f"{args.prediction}: written by an older specae, its labels/ and labels_sigma/ are read "
+                              "as the predictions (now predicted/ and predicted_sigma/)", stacklevel=2)
                 pred = {k: (f["labels"][k][()], f["labels_sigma"][k][()]) for k in f["labels_sigma"]}
             elif "flux_sigma" in f:
                 pred = {"flux": (f["flux"][()], f["flux_sigma"][()])}
                 inpainted = f["input_mask"][()] if "input_mask" in f else None
             else:
-                raise SpecaeError("holds neither labels_sigma/ (specae predict) nor flux_sigma (specae denoise)")
+                raise SpecaeError("holds neither predicted_sigma/ (specae predict) nor flux_sigma (specae denoise)")
     except (OSError, KeyError, ValueError) as e:
         raise SpecaeError(f"{args.prediction}: not a readable prediction file ({str(e).splitlines()[0]})") from None
     except SpecaeError as e:
@@ -294,7 +303,7 @@ def _plot_training(args) -> None:
 
 def _model_options(p, data_help: str, posterior: bool = True) -> None:
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("data", nargs="+", metavar="DATA.h5", help=data_help)
+    p.add_argument("data", nargs="+", metavar="DATA", help=data_help + " (HDF5 or survey FITS files)")
     if posterior:
         p.add_argument("--posterior", choices=("laplace", "decoder", "encoder"), default="laplace", help=POSTERIOR_HELP)
     p.add_argument("--batch-size", type=positive_int, default=None, metavar="B", help="spectra per batch")
@@ -330,13 +339,12 @@ def register(sub) -> None:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_regress)
 
-    p = sub.add_parser("predict", help="labels and their sigmas for spectra (labels/, labels_sigma/; the input's "
-                                       "own labels are not copied)")
+    p = sub.add_parser("predict", help="labels and their sigmas for spectra (predicted/, predicted_sigma/; the "
+                                       "input's own labels are copied to labels/)")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("regressor", metavar="REG")
-    p.add_argument("data", nargs="+", metavar="DATA.h5", help="spectra (no labels needed)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output file, or a directory for several inputs (outputs already there are skipped)")
+    p.add_argument("data", nargs="+", metavar="DATA", help="spectra (no labels needed)" + DATA_HELP)
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help=OUTPUT_HELP)
     p.add_argument("--batch-size", type=positive_int, default=None, metavar="B", help="spectra per batch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_runtime_options(p)
@@ -344,8 +352,7 @@ def register(sub) -> None:
 
     s = sub.add_parser("score", help="outlier scores: log evidence, chi2/dof, latent density")
     _model_options(s, "spectra to score (files or glob patterns)")
-    s.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output file, or a directory for several inputs (outputs already there are skipped)")
+    s.add_argument("-o", "--output", required=True, metavar="OUT", help=OUTPUT_HELP)
     s.add_argument("--reference", nargs="+", metavar="REF.h5",
                    help="spectra whose latents define the density (e.g. the training set; default: the prior)")
     s.add_argument("--reference-rows", type=positive_int, default=5000, metavar="N",
@@ -370,7 +377,7 @@ def register(sub) -> None:
     t.add_argument("--label", required=True, metavar="LABEL")
     t.add_argument("-o", "--output", required=True, metavar="FIG.png")
     t.add_argument("--amounts", metavar="X,Y,...", help="steps in label units (default: -2..2 label spreads)")
-    t.add_argument("--data", metavar="DATA.h5", help="start from a spectrum of this file (default: z = 0)")
+    t.add_argument("--data", metavar="DATA", help="start from a spectrum of this file, HDF5 or FITS (default: z = 0)")
     t.add_argument("--row", type=non_negative_int, default=0, metavar="I", help="its row (default 0)")
     t.add_argument("--posterior", choices=("laplace", "decoder", "encoder"), default="laplace", help=POSTERIOR_HELP)
     add_runtime_options(t)
@@ -378,7 +385,7 @@ def register(sub) -> None:
 
     n = kinds.add_parser("denoised", help="denoised spectra with their +-1 sigma band over the noisy input")
     n.add_argument("model", metavar="MODEL")
-    n.add_argument("data", metavar="DATA.h5")
+    n.add_argument("data", metavar="DATA", help="spectra, HDF5 or FITS")
     n.add_argument("-o", "--output", required=True, metavar="FIG.png")
     n.add_argument("--rows", default="0,1,2", metavar="I,J,...", help="rows to show (default 0,1,2)")
     n.add_argument("--truth", metavar="TRUTH.h5", help="noise-free spectra to overplot")

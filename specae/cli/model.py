@@ -1,15 +1,23 @@
 """`specae train / denoise / heldout / encode / demo`: the VAE/AE commands.
 
 denoise, heldout and encode stream: each input file is read and written block by block; given several files
-(or a glob) and an output directory they run as a batch job that skips outputs already complete.
+(or a glob) and an output directory they run as a batch job that skips outputs already complete. Survey FITS
+files are one more input, read together onto the model's grid (specae.inputs); an output named .fits or .ecsv
+is a table (specae.results).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
 from specae.cli import decay, directory, non_negative, non_negative_int, positive, positive_int, seed
 
+DATA_HELP = ("; specae HDF5 files (one output each), or survey FITS files (SDSS, DESI, APOGEE...), read together "
+             "onto the model's grid as one set with one output")
+OUTPUT_HELP = ("output file: .fits or .ecsv a table astropy opens (one row per spectrum, built in memory), else "
+               "specae HDF5; or a directory for several HDF5 inputs (outputs already there are skipped)")
 IN_MEMORY_BYTES = 1 << 30   # training sets up to this size (flux + ivar) are held in memory; larger ones stream
 
 
@@ -34,9 +42,11 @@ def _train(args) -> None:
     from specae.data.hdf5 import H5Spectra, read_h5
     from specae.data.sources import expand_paths
     from specae.data.spectra import Spectra
+    from specae.models.checkpoint import refuse_existing
     from specae.models.config import ModelConfig
     from specae.train import TrainConfig, fit_calibrated, resumed_config
 
+    refuse_existing(args.output, args.resume, args.overwrite)   # before any work
     # settings not given (None) are ModelConfig's and TrainConfig's defaults, or when resuming the run's own
     given_model = {k: v for k, v in dict(kind=args.model, latent_dim=args.latent_dim, decoder=args.decoder,
                                          redshift=args.redshift).items() if v is not None}
@@ -61,43 +71,78 @@ def _train(args) -> None:
         train = Spectra.concatenate([read_h5(p) for p in paths])
         val = Spectra.concatenate([read_h5(p) for p in val_paths]) if val_paths else None
     model_cfg = ModelConfig(npix=npix, **given_model)
-    model, history = fit_calibrated(train, val, model_cfg, train_cfg, out_dir=args.output, resume=args.resume)
+    model, history = fit_calibrated(train, val, model_cfg, train_cfg, out_dir=args.output, resume=args.resume,
+                                    files=[Path(p).name for p in paths], keep_state=args.keep_state,
+                                    overwrite=args.overwrite)
     if dist.is_initialized() and dist.get_rank() != 0:
         return   # rank 0 calibrated and prints
     cal = model.calibration
     print(f"trained {model.cfg.kind} on {history['n_train']} spectra ({history['n_val']} for validation"
           + (f", streamed from {len(paths)} file(s)" if stream else "") + f"): best val chi2/dof "
           f"{history['best_val_chi2_dof']:.4f} at epoch {history['best_epoch'] + 1}, stopped by {history['stopped']}; "
-          f"error model calibrated on {cal.n_pixels} validation pixels; model in {args.output}")
+          f"error model calibrated on {cal.n_pixels} validation pixels; model in {args.output}"
+          + (" (training state kept for --resume)" if args.keep_state else ""))
 
 
 def _calibrate(args) -> None:
     from dataclasses import asdict
 
     from specae.calibration import FITTED, fit_calibration
-    from specae.data.hdf5 import read_h5
-    from specae.data.sources import expand_paths
-    from specae.data.spectra import Spectra
+    from specae.denoise import heldout
+    from specae.engine.loop import load_history
+    from specae.inputs import read_all
+    from specae.models.card import heldout_summary
     from specae.models.checkpoint import save_model
+    from specae.train import CHECK_ROWS
 
     model = load_for_inference(args)
-    spectra = Spectra.concatenate([read_h5(p) for p in expand_paths(args.data)])
+    run = Path(args.model) / "history.json"
+    history = load_history(run) if run.is_file() else {}   # the training run's, for the card
+    spectra = read_all(args.data, model.wave)
     cal = fit_calibration(model, spectra, args.posterior, seed=args.seed)
-    save_model(model, args.output)
+    check = heldout(model, spectra.drop_empty().select(slice(0, CHECK_ROWS)), seed=args.seed, posterior=args.posterior)
+    history["check"] = heldout_summary(check)
+    save_model(model, args.output, history)
     fitted = asdict(cal)
     print(f"calibrated on {cal.n_pixels} held-out pixels of {cal.n_spectra} spectra (mean -log L {cal.heldout_nll:.4f}); "
           + ", ".join(f"{name} {fitted[name]:.4g}" for name, _, _ in FITTED) + f"; model in {args.output}")
 
 
-def run_files(args, fn, wave=None, attrs=None, verb="processed", detail="") -> None:
-    """Apply `fn` to every input file (streamed), print one summary line."""
-    from specae.data.sources import expand_paths
+def _info(args) -> None:
+    from specae.checkpoints import require_files
+    from specae.engine.loop import load_history
+    from specae.models.card import CARD, model_card
+    from specae.models.checkpoint import load_model
+
+    d = Path(args.model)
+    require_files(d, ("config.json", "weights.pt"), "model")
+    if (d / CARD).is_file():
+        print((d / CARD).read_text(), end="")
+    else:   # a model saved before cards were written, or not calibrated yet
+        history = load_history(d / "history.json") if (d / "history.json").is_file() else {}
+        print(model_card(load_model(d), history), end="")
+
+
+def output_attrs(args, model, source: str) -> dict:
+    """What every output records of its making: the command, the model directory, its calibration's version
+    and specae's (the input's flux unit and frame are added by specae.results)."""
+    from specae import __version__
+
+    cal = model.calibration
+    return {"source": source, "model": str(args.model), "specae_version": __version__,
+            "calibration_version": -1 if cal is None else int(cal.version)}
+
+
+def run_files(args, model, fn, source: str, wave=None, verb="processed", detail="", attrs=None) -> None:
+    """Apply `fn` to every input (HDF5 files streamed, FITS files read onto the model's grid: specae.inputs),
+    write each result (specae.results), print one summary line."""
     from specae.errors import one_count_warning
     from specae.results import map_files
 
-    inputs = expand_paths(args.data)
+    attrs = output_attrs(args, model, source) | (attrs or {})
     with one_count_warning():   # one warning per kind for all blocks and files
-        s = map_files(inputs, args.output, fn, progress=not getattr(args, "quiet", False), wave=wave, attrs=attrs)
+        s = map_files(args.data, args.output, fn, grid=model.wave, progress=not getattr(args, "quiet", False),
+                      wave=wave, attrs=attrs)
     if len(s["outputs"]) == 1:
         where = str(s["outputs"][0])
     else:
@@ -106,16 +151,22 @@ def run_files(args, fn, wave=None, attrs=None, verb="processed", detail="") -> N
 
 
 def _denoise(args) -> None:
+    from specae.data.tensors import on_grid
     from specae.denoise import denoise, output_arrays
 
     model = load_for_inference(args)
 
     def fn(part):
-        return output_arrays(denoise(model, part, batch_size=args.batch_size, posterior=args.posterior,
-                                     covariance=args.pixel_covariance, precision=args.precision))
+        part = on_grid(part, model.wave)
+        out = output_arrays(denoise(model, part, batch_size=args.batch_size, posterior=args.posterior,
+                                    covariance=args.pixel_covariance, precision=args.precision))
+        # the measured ivar beside the denoised flux, in the units it is written in (the input's, times `scale`);
+        # beyond float32 it carries no usable weight: 0, as for a masked pixel
+        with np.errstate(over="ignore"):
+            ivar = part.ivar.astype(np.float64) * (out["scale"] / part.scale)[:, None] ** 2
+        return out | {"input_ivar": np.where(ivar <= np.finfo(np.float32).max, ivar, 0).astype(np.float32)}
 
-    run_files(args, fn, wave=model.wave, verb="denoised",
-               attrs={"source": f"specae denoise ({args.posterior} posterior)", "flux_unit": "", "frame": "observed"})
+    run_files(args, model, fn, f"specae denoise ({args.posterior} posterior)", wave=model.wave, verb="denoised")
 
 
 def _heldout(args) -> None:
@@ -131,11 +182,11 @@ def _heldout(args) -> None:
         pooled["n"] += int(n.sum())
         for key, per in (("in1", in1), ("in2", in2), ("chi2", chi2)):
             pooled[key] += float(np.nansum(per * n))
-        return {"heldout_z": h.z.astype(np.float32), "heldout_chi2_dof": chi2,
+        return {"heldout_pull": h.z.astype(np.float32), "heldout_chi2_dof": chi2,
                 "heldout_within_1sigma": in1, "heldout_within_2sigma": in2, "n_heldout": n}
 
-    run_files(args, fn, wave=model.wave, verb="checked",
-              attrs={"source": f"specae heldout ({args.posterior} posterior, {args.passes} passes)"})
+    run_files(args, model, fn, f"specae heldout ({args.posterior} posterior, {args.passes} passes)", wave=model.wave,
+              verb="checked")
     n = max(pooled["n"], 1)
     print(f"{pooled['n']} held-out pixels: {100 * pooled['in1'] / n:.1f} % inside +-1 sigma (68.3 % if calibrated), "
           f"{100 * pooled['in2'] / n:.1f} % inside +-2 sigma (95.4 %), chi2/dof {pooled['chi2'] / n:.3f}")
@@ -148,12 +199,12 @@ def _encode(args) -> None:
 
     def fn(part):
         lat = encode(model, part, posterior=args.posterior, batch_size=args.batch_size)
-        out = {"z_mean": lat.mean.astype(np.float32), "z_std": lat.std.astype(np.float32),
-               "z_cov": lat.cov.astype(np.float32)}
+        out = {"latent_mean": lat.mean.astype(np.float32), "latent_std": lat.std.astype(np.float32),
+               "latent_cov": lat.cov.astype(np.float32)}
         return out if lat.log_amplitude is None else out | {"log_amplitude": lat.log_amplitude.astype(np.float32)}
 
-    run_files(args, fn, verb="encoded", detail=f" to {model.cfg.latent_dim} latents",
-               attrs={"source": f"specae encode ({args.posterior} posterior)"})
+    run_files(args, model, fn, f"specae encode ({args.posterior} posterior)", verb="encoded",
+              detail=f" to {model.cfg.latent_dim} latents")
 
 
 def _demo(args) -> None:
@@ -164,9 +215,8 @@ def _demo(args) -> None:
 
 def _inputs(p, help_text: str, kinds=("laplace", "decoder")) -> None:
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("data", nargs="+", metavar="DATA.h5", help=help_text)
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output file, or a directory for several inputs (outputs already there are skipped)")
+    p.add_argument("data", nargs="+", metavar="DATA", help=help_text + DATA_HELP)
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help=OUTPUT_HELP)
     p.add_argument("--batch-size", type=positive_int, default=None, metavar="B",
                    help="spectra per batch (default: what fits in memory)")
     p.add_argument("--posterior", choices=kinds, default="laplace",
@@ -182,7 +232,7 @@ def register(sub) -> None:
     t = sub.add_parser("train", help="train a VAE or AE on specae HDF5 files (streamed when large)")
     t.add_argument("data", nargs="+", metavar="DATA.h5", help="training files (or glob patterns)")
     t.add_argument("-o", "--output", type=directory, required=True, metavar="MODEL",
-                   help="model directory (created)")
+                   help="model directory (created; one that holds a model is refused without --resume or --overwrite)")
     t.add_argument("--val", nargs="+", metavar="VAL.h5", default=None,
                    help="validation files (default: a random tenth of the training spectra)")
     # settings left unset (None) take ModelConfig's/TrainConfig's defaults, or on --resume the run's own
@@ -201,8 +251,16 @@ def register(sub) -> None:
                    help="weight each pixel's likelihood by (1 + sigma_model^2 ivar)^BETA, so the model cannot "
                         "explain a hard feature away by widening its scatter (default 1; 0: the plain likelihood)")
     t.add_argument("--seed", type=seed, default=None, metavar="S", help="default 0")
-    t.add_argument("--resume", action="store_true",
-                   help="continue the run saved in MODEL, on the same data and with the same settings")
+    again = t.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run saved in MODEL (trained with --keep-state, or interrupted), on the "
+                            "same data and with the same settings")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the model already in MODEL, once the new one is written whole (without it, "
+                            "an existing model directory is refused)")
+    t.add_argument("--keep-state", action="store_true",
+                   help="keep the training state (train_state.pt, about 5x the model) so that --resume can continue "
+                        "the run later (default: removed when training ends)")
     t.add_argument("--redshift", metavar="LABEL", default=None,
                    help="decode in the rest frame, shifting by this label's redshift")
     t.add_argument("--stream", action="store_true",
@@ -235,6 +293,10 @@ def register(sub) -> None:
     add_runtime_options(c)
     c.set_defaults(func=_calibrate)
 
+    i = sub.add_parser("info", help="print a model's card: what it was trained on and how well it does")
+    i.add_argument("model", metavar="MODEL")
+    i.set_defaults(func=_info)
+
     h = sub.add_parser("heldout", help="check sigma without truth: hide each valid pixel once, predict it from "
                                        "the rest, score it against its measurement")
     _inputs(h, "spectra to check (files or glob patterns)")
@@ -243,7 +305,8 @@ def register(sub) -> None:
     h.add_argument("--seed", type=seed, default=0, metavar="S")
     h.set_defaults(func=_heldout)
 
-    e = sub.add_parser("encode", help="write latent posteriors: z_mean, z_std, z_cov (and log_amplitude)")
+    e = sub.add_parser("encode", help="write latent posteriors: latent_mean, latent_std, latent_cov (and "
+                                      "log_amplitude)")
     _inputs(e, "spectra to encode (files or glob patterns)", ("laplace", "decoder", "encoder"))
     e.set_defaults(func=_encode)
 

@@ -7,17 +7,19 @@ from specae.cli import non_negative_int, positive_int
 
 def _repeats(args) -> None:
     from specae.baselines import WeightedPCA
-    from specae.cli.model import load_for_inference
-    from specae.data.hdf5 import read_h5
+    from specae.cli.model import load_for_inference, output_attrs
     from specae.errors import about
+    from specae.inputs import read_all
     from specae.repeats import STATS, repeats
 
     model = load_for_inference(args)
     with about(args.data):
-        check = repeats(model, read_h5(args.data), args.group, velocity=args.velocity, redshift=args.redshift,
+        spectra = read_all(args.data, model.wave)
+        check = repeats(model, spectra, args.group, velocity=args.velocity, redshift=args.redshift,
                         baseline=lambda s: WeightedPCA(args.pca_components).fit(s), degree=args.degree,
                         batch_size=args.batch_size, posterior=args.posterior, precision=args.precision)
-    check.write(args.output, {"source": "specae repeats", "model": str(args.model), "data": str(args.data),
+    check.write(args.output, {**output_attrs(args, model, "specae repeats"), "data": str(args.data),
+                              "flux_unit": spectra.meta["flux_unit"], "frame": spectra.meta["frame"],
                               "group": args.group, "velocity": args.velocity, "redshift": args.redshift,
                               "degree": args.degree, "baseline": f"WeightedPCA({args.pca_components})"})
 
@@ -39,7 +41,8 @@ def register(sub) -> None:
     r = sub.add_parser("repeats", help="compare each observation, denoised, with the raw other observations of "
                                        "the same object (noise left, and whether sigma is right)")
     r.add_argument("model", metavar="MODEL")
-    r.add_argument("data", metavar="DATA.h5", help="spectra, with a label naming the object of each")
+    r.add_argument("data", metavar="DATA", help="spectra, with a label naming the object of each: an HDF5 file, or "
+                                                "survey FITS files (a quoted glob), read onto the model's grid")
     r.add_argument("--group", required=True, metavar="LABEL",
                    help="label whose value names the object (e.g. OBJID of APOGEE visits)")
     frame = r.add_mutually_exclusive_group()

@@ -7,9 +7,9 @@
     labels/   one (N,) dataset per label, optional
     ids       (N,)       str      optional
     scale     (N,)       float64  optional normalisation already divided out of flux
-    attrs: specae_format = 1, flux_unit, source, frame
+    attrs: specae_format = 2, flux_unit, source, frame
 
-Extra (N, npix) or (N, K) arrays (e.g. `flux_sigma`, `z_mean`) may be written beside these.
+Extra (N, npix) or (N, K) arrays (e.g. `flux_sigma`, `latent_mean`) may be written beside these.
 
 Layout for streaming: the per-spectrum arrays are chunked by whole rows, at most 1 MiB a chunk (so a
 chunk fits h5py's default 1 MiB chunk cache and batches that straddle chunks decode each chunk once),
@@ -51,8 +51,10 @@ from specae.data.resample import checked_grid
 from specae.data.spectra import Spectra
 from specae.errors import SpecaeError, about, first_line
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: results renamed (latent_mean, heldout_pull, predicted/); the spectra as in 1
 _META_KEYS = ("flux_unit", "source", "frame")
+# results renamed in format 2 (new name: old name), still read from older files with a warning
+RENAMED = {"latent_mean": "z_mean", "latent_std": "z_std", "latent_cov": "z_cov", "heldout_pull": "heldout_z"}
 CHUNK_BYTES = 1 << 20                      # upper bound of one row chunk of flux (float32)
 WAVE_NAMES = ("wave", "wavelength", "lambda", "lam", "loglam")   # Angstrom; loglam in log10(Angstrom)
 SIGMA_NAMES = ("error", "err", "sigma", "flux_err")              # 1-sigma flux errors, instead of ivar
@@ -293,7 +295,11 @@ class H5Spectra:
         return ds[rows]
 
     def read_extra(self, name: str, rows=slice(None)) -> np.ndarray:
-        """An extra dataset (e.g. 'flux_sigma', 'z_mean') by name."""
+        """An extra dataset (e.g. 'flux_sigma', 'latent_mean') by name; in a file of format 1, by its old name."""
+        old = RENAMED.get(name)
+        if name not in self._f and old in self._f:
+            warnings.warn(f"{self.path}: read '{old}' as '{name}' (renamed in specae HDF5 format 2)", stacklevel=2)
+            name = old
         if name not in self._f:
             raise SpecaeError(f"{self.path}: no dataset '{name}'")
         return self._f[name][rows]

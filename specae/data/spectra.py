@@ -181,6 +181,23 @@ class Spectra:
                               f"{', '.join(self.ids[bad[:3]])}{', ...' if bad.size > 3 else ''})")
         return z
 
+    # -- specutils (optional: pip install "specae[specutils]") ---------------------------------
+    @classmethod
+    def from_specutils(cls, spectrum) -> "Spectra":
+        """From a specutils `Spectrum` (flux (npix,) or (N, npix)) or `SpectrumList`: wavelengths in Angstrom,
+        the flux unit's text in meta["flux_unit"], the uncertainty of any astropy kind as ivar, the mask (see
+        `specae.data.specutils.from_specutils`)."""
+        from specae.data.specutils import from_specutils
+
+        return from_specutils(spectrum)
+
+    def to_specutils(self):
+        """One specutils `Spectrum` of flux (N, npix) in meta["flux_unit"] with an InverseVariance uncertainty and
+        the mask; `Spectra.from_specutils` of it gives these spectra back exactly (ids, labels, scale, meta)."""
+        from specae.data.specutils import to_specutils
+
+        return to_specutils(self)
+
     # -- grids ---------------------------------------------------------------------------------
     def resample(self, wave: np.ndarray) -> "Spectra":
         """Rebin onto another grid, conserving flux density per pixel and propagating ivar.

@@ -7,10 +7,11 @@ callbacks. On a GPU the loop never waits for the device inside a step: losses ar
 device and read, together with the divergence check and the clock, every `sync_every` steps.
 
 Checkpoints in `out_dir`: the objective's own export of the best model (e.g. config.json + weights.pt),
-`train_state.pt` with the *last* state (weights, optimizers, schedulers, counters; loaded with
+`train_state.pt` (STATE) with the *last* state (weights, optimizers, schedulers, counters; loaded with
 weights_only=True) and `history.json`. `resume=True` continues from the last state; because each
 epoch's random numbers are seeded from (seed, epoch, rank), a run killed and resumed retraces the
-uninterrupted one.
+uninterrupted one. The state is several times the model's size: a caller that is done with the run
+removes it (`remove_state`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from specae.data.sources import mix_seed
 from specae.engine.runtime import Runtime
 from specae.errors import SpecaeError
 
+STATE = "train_state.pt"   # the last state of a run, for resume
 
 @dataclass
 class EngineConfig:
@@ -284,9 +286,9 @@ def train(objective: Objective, train_src, val_src, cfg: EngineConfig, out_dir=N
     weights = average.swapped if average else contextlib.nullcontext
     since_best, start_epoch, step = 0, 0, 0
     if resume:
-        if out is None or not (out / "train_state.pt").is_file():
+        if out is None or not (out / STATE).is_file():
             raise SpecaeError(f"--resume: no earlier run to continue in {out}")
-        state = _load_state(out / "train_state.pt")
+        state = _load_state(out / STATE)
         try:
             for k, m in mods.items():
                 m.load_state_dict(state["modules"][k])
@@ -299,7 +301,7 @@ def train(objective: Objective, train_src, val_src, cfg: EngineConfig, out_dir=N
             start_epoch, step, since_best = int(state["epoch"]), int(state["step"]), int(state["since_best"])
             ctx.exported = True
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            raise SpecaeError(f"{out / 'train_state.pt'}: does not match this model, cannot resume "
+            raise SpecaeError(f"{out / STATE}: does not match this model, cannot resume "
                               f"({str(e).splitlines()[0]})") from None
         old = load_history(out / "history.json") if (out / "history.json").is_file() else {}
         history = {**history, **{k: v for k, v in old.items() if k not in ("engine_config", "stopped", "world_size")}}
@@ -461,7 +463,12 @@ def _save_state(out: Path, mods, opts, scheds, best, epoch, step, since_best, hi
              "schedulers": {k: s.state_dict() for k, s in scheds.items()}}
     if average is not None:
         state["average"] = [v.detach().cpu() for v in average]
-    with atomic_path(out / "train_state.pt") as tmp:
+    with atomic_path(out / STATE) as tmp:
         torch.save(state, tmp)
     with atomic_path(out / "history.json") as tmp:
         tmp.write_text(json.dumps(history, indent=1))
+
+
+def remove_state(out_dir) -> None:
+    """Delete the run's last state from `out_dir` once the run is done: --resume is then no longer possible."""
+    (Path(out_dir) / STATE).unlink(missing_ok=True)

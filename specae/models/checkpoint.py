@@ -1,10 +1,14 @@
-"""Checkpoints: a directory with config.json (plain JSON), weights.pt (tensors only, read with
-specae.checkpoints, so a checkpoint can never run code) and, once calibrated, calibration.json (the error
-model's constants, specae.calibration)."""
+"""Model directories: config.json (plain JSON), weights.pt (the weights and buffers, float32 tensors only, read with
+specae.checkpoints, so a model can never run code), history.json (the run) and, once calibrated,
+calibration.json (the error model's constants, specae.calibration) and the model card MODEL.md
+(specae.models.card). train_state.pt (optimizer moments, the moving average, the last and best weights: about 5x
+the weights) exists only while a run trains, or when it is kept for --resume."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -12,13 +16,18 @@ import torch
 from specae.checkpoints import load_tensors, reading, require_files
 from specae.data.hdf5 import atomic_path
 from specae.errors import SpecaeError
+from specae.models.card import CARD, model_card
 from specae.models.config import ModelConfig
 from specae.models.vae import SpectrumVAE
 
 
+# every file a model directory may hold (train_state.pt: specae.engine.loop.STATE)
+MODEL_FILES = ("config.json", "weights.pt", "history.json", "calibration.json", CARD, "train_state.pt")
+
+
 def save_model(model: SpectrumVAE, directory, history: dict | None = None) -> None:
-    """Write config.json, weights.pt, calibration.json (if calibrated; else an earlier one is removed) and
-    optionally history.json, each atomically."""
+    """Write config.json, weights.pt, calibration.json and MODEL.md (if calibrated; else earlier ones are removed)
+    and optionally history.json, each atomically. The card is made from `history`, or the directory's history.json."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     rest = model.decoder.loglam_rest
@@ -33,11 +42,19 @@ def save_model(model: SpectrumVAE, directory, history: dict | None = None) -> No
     if model.calibration is not None:
         with atomic_path(d / "calibration.json") as tmp:
             tmp.write_text(model.calibration.to_json())
-    else:   # one left beside earlier weights would not describe these
+    else:   # ones left beside earlier weights would not describe these
         (d / "calibration.json").unlink(missing_ok=True)
+        (d / CARD).unlink(missing_ok=True)
     if history is not None:
         with atomic_path(d / "history.json") as tmp:
             tmp.write_text(json.dumps(history, indent=1))
+    if model.calibration is not None:
+        from specae.engine.loop import load_history
+
+        history = history if history is not None else (load_history(d / "history.json")
+                                                       if (d / "history.json").is_file() else {})
+        with atomic_path(d / CARD) as tmp:
+            tmp.write_text(model_card(model, history))
 
 
 def load_model(directory, map_location="cpu") -> SpectrumVAE:
@@ -62,4 +79,37 @@ def load_model(directory, map_location="cpu") -> SpectrumVAE:
     return model.eval()
 
 
-__all__ = ["save_model", "load_model"]
+def holds_model(directory) -> bool:
+    """Whether `directory` holds any file of a model or of a run (MODEL_FILES)."""
+    return any((Path(directory) / name).exists() for name in MODEL_FILES)
+
+
+def refuse_existing(directory, resume: bool = False, overwrite: bool = False) -> None:
+    """SpecaeError if `directory` already holds a model or a run and neither `resume` nor `overwrite` is given:
+    training there would silently replace it."""
+    if resume and overwrite:
+        raise SpecaeError("--resume continues the run in the directory and --overwrite replaces it: give one")
+    if directory is not None and not (resume or overwrite) and holds_model(directory):
+        raise SpecaeError(f"{directory} already holds a model (or an interrupted run): give --overwrite to replace it "
+                          "once the new one is written, --resume to continue its run, or another directory")
+
+
+def replace_model(new, directory) -> None:
+    """Put the complete model directory `new` in the place of `directory`, whose files are removed: the two swap by
+    renaming, so `directory` holds either model whole, never a mix. Files of `directory` that are no model's (a
+    user's own) move over to the new one."""
+    new, d = Path(new), Path(directory).resolve()
+    if d.is_dir():
+        for p in d.iterdir():
+            if p.name not in MODEL_FILES and not p.name.startswith(".") and not (new / p.name).exists():
+                os.replace(p, new / p.name)
+        old = d.with_name(f".{d.name}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(d, old)
+        os.replace(new, d)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, d)
+
+
+__all__ = ["MODEL_FILES", "save_model", "load_model", "holds_model", "refuse_existing", "replace_model"]
