@@ -304,11 +304,12 @@ def _calibrate(resid: np.ndarray, var_lat: np.ndarray, var_map: np.ndarray) -> n
 
 
 def _labelled(latents: Latents, y, names: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(z (n, K) float64, cov (n, K, K), y (n, L)) of the spectra with at least one finite label."""
+    """(z (n, K) float64, cov (n, K, K), y (n, L)) of the spectra with at least one finite label and latents
+    (a spectrum without a valid pixel has none: `encode` gives it NaN, and counts it)."""
     y = np.asarray(y, np.float64).reshape(len(latents.mean), -1)
     if len(names) != y.shape[1] or not names:
         raise SpecaeError(f"{y.shape[1]} label columns but names {names}")
-    keep = np.isfinite(y).any(1)
+    keep = np.isfinite(y).any(1) & np.isfinite(latents.mean).all(1)
     return latents.mean[keep].astype(np.float64), latents.cov[keep], y[keep]
 
 

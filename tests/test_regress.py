@@ -82,6 +82,22 @@ def test_missing_labels_are_skipped_for_that_label_only():
         LabelRegressor(cfg).fit_latents(lat, y_nan, ["A", "B"])
 
 
+@pytest.mark.parametrize("kind", ["ridge", "mlp"])
+def test_spectra_without_latents_are_left_out_of_the_fit_like_missing_labels(kind):
+    """A labelled spectrum without a valid pixel has NaN latents (encode): the fit leaves it out instead of
+    diverging (the MLP's loss went non-finite on two such LAMOST spectra)."""
+    lat, y, _ = noisy_latents(300, seed=3)
+    mean, cov = lat.mean.copy(), lat.cov.copy()
+    mean[::10], cov[::10] = np.nan, np.inf * np.eye(3)
+    cfg = RegressorConfig(kind=kind, progress=False, epochs=20)
+    reg = LabelRegressor(cfg).fit_latents(Latents(mean, cov, "laplace"), y, ["A", "B"])
+    assert reg.metrics_["n_train"] + reg.metrics_["n_calibration"] == 270
+    pred = reg.predict_latents(Latents(mean, cov, "laplace"))
+    assert np.isnan(pred.mean[::10]).all() and np.isinf(pred.sigma[::10]).all()
+    keep = np.isfinite(mean).all(1)
+    assert np.isfinite(pred.mean[keep]).all() and np.isfinite(pred.sigma[keep]).all()
+
+
 def test_payne_labels_beat_ridge_on_pca_with_calibrated_sigmas():
     case = payne_case()
     train, test, names = case["train"], case["test"], ["TEFF", "LOGG", "FE_H"]
