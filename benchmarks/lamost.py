@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from benchmarks.quality import _window, shared_data_dir
-from benchmarks.report import add_run_options, run_device, write_results
+from benchmarks.report import add_fold_options, add_run_options, run_device, write_results
 from specae.baselines import WeightedPCA
 from specae.data.readers import read_many
 from specae.denoise import heldout
@@ -100,10 +100,7 @@ def label_row(name: str, parts: list) -> dict:
 
 def parse(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.lamost", description=__doc__.splitlines()[0])
-    p.add_argument("--folds", type=int, default=3, help="folds of spectra: each trains on the others")
-    p.add_argument("--epochs", type=int, default=None, help="epoch cap per fold (default: the training default)")
-    p.add_argument("--latent-dim", type=int, default=6, help="K: latents of the VAE, components of the PCA")
-    p.add_argument("--pixels", default=None, help='a window of the grid: "START:STOP" or "N" central pixels')
+    add_fold_options(p, "spectra", None, "epoch cap per fold (default: the training default)")
     add_run_options(p, argv, QUICK, "lamost[-quick]")
     return p.parse_args(argv)
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, fields
 import numpy as np
 
 from benchmarks.quality import _window, shared_data_dir
-from benchmarks.report import add_run_options, run_device, write_results
+from benchmarks.report import add_fold_options, add_run_options, run_device, write_results
 from specae.baselines import WeightedPCA
 from specae.calibration import fit_calibration
 from specae.data.readers import read_many
@@ -130,12 +130,8 @@ def row(name, fold, visits, pairs, span, stats: dict, flagged=None) -> dict:
 
 def parse(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.repeats", description=__doc__.splitlines()[0])
-    p.add_argument("--folds", type=int, default=3, help="folds of stars: each trains on the others' visits")
-    p.add_argument("--epochs", type=int, default=200,
-                   help="epoch cap per fold, early stopping on the validation stars ends it (no time budget: runs "
-                        "repeat exactly)")
-    p.add_argument("--latent-dim", type=int, default=6, help="K: latents of the VAE, components of the PCA")
-    p.add_argument("--pixels", default=None, help='a window of the grid: "START:STOP" or "N" central pixels')
+    add_fold_options(p, "stars", 200, "epoch cap per fold, early stopping on the validation stars ends it (no time "
+                     "budget: runs repeat exactly)")
     add_run_options(p, argv, QUICK, "repeats-apogee[-quick]")
     return p.parse_args(argv)
 

@@ -41,6 +41,15 @@ def add_run_options(p, argv: list[str], quick: dict, default_name: str) -> None:
         p.set_defaults(**quick)
 
 
+def add_fold_options(p, what: str, epochs: int | None, epochs_help: str) -> None:
+    """The options of the real-data benchmarks that train one model per fold: --folds (of `what`), --epochs
+    (default `epochs`), --latent-dim (K of the VAE and the PCA) and --pixels (a window of the grid)."""
+    p.add_argument("--folds", type=int, default=3, help=f"folds of {what}: each trains on the others'")
+    p.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
+    p.add_argument("--latent-dim", type=int, default=6, help="K: latents of the VAE, components of the PCA")
+    p.add_argument("--pixels", default=None, help='a window of the grid: "START:STOP" or "N" central pixels')
+
+
 def run_device(args) -> str:
     """Apply --threads; returns the device --device names ("auto": CUDA where there is one)."""
     if args.threads:
