@@ -58,13 +58,6 @@ def noise_normalised_error(h, spectra) -> float:
     return float(np.sqrt(np.mean((spectra.flux[ok] - h.flux[ok]) ** 2 * spectra.ivar[ok])))
 
 
-def pooled(h) -> dict:
-    n = h.n
-    w = n / max(n.sum(), 1)
-    return {"within1": float(np.nansum(h.within(1) * w)), "within2": float(np.nansum(h.within(2) * w)),
-            "chi2_dof": float(np.nansum(h.chi2_dof() * w)), "pixels": int(n.sum())}
-
-
 def run_fold(spectra, held: np.ndarray, args) -> dict:
     """Train on the spectra outside `held` (bool rows), check the held ones."""
     others, test = spectra.select(np.flatnonzero(~held)), spectra.select(np.flatnonzero(held))
@@ -78,8 +71,8 @@ def run_fold(spectra, held: np.ndarray, args) -> dict:
     reg = LabelRegressor(RegressorConfig(seed=args.seed, device=args.device, progress=False))
     reg.fit(model, others.select(np.flatnonzero(labelled)), LABELS)
     pred = reg.predict(model, test)
-    return {"vae": pooled(h_vae) | {"error": noise_normalised_error(h_vae, test)},
-            "pca": pooled(h_pca) | {"error": noise_normalised_error(h_pca, test)},
+    return {"vae": h_vae.pooled() | {"error": noise_normalised_error(h_vae, test)},
+            "pca": h_pca.pooled() | {"error": noise_normalised_error(h_pca, test)},
             "train": len(train), "val": len(val), "test": len(test), "epochs": len(hist["epoch"]),
             "train_minutes": hist["minutes"], "calibration_pixels": model.calibration.n_pixels,
             "labels": {n: (test.labels[n], test.labels.get(f"{n}_err"), *pred[n]) for n in LABELS}}
@@ -118,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     for method in ("vae", "pca"):
         n = np.array([f[method]["pixels"] for f in folds], float)
         row = {"method": "specae VAE" if method == "vae" else f"weighted PCA ({args.latent_dim})"}
-        for key, label in (("within1", "in ±1σ"), ("within2", "in ±2σ"), ("chi2_dof", "chi²/dof"),
+        for key, label in (("within_1sigma", "in ±1σ"), ("within_2sigma", "in ±2σ"), ("chi2_dof", "chi²/dof"),
                            ("error", "error / noise")):
             row[label] = float(np.sum([f[method][key] for f in folds] * n) / n.sum())
         rows.append(row | {"held-out pixels": int(n.sum())})

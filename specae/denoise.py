@@ -262,6 +262,15 @@ class HeldOut:
         """(N,) mean z^2 over each spectrum's scored pixels: about 1 where prediction and sigma are right."""
         return np.where(self.n > 0, np.nansum(self.z ** 2, 1) / np.maximum(self.n, 1), np.nan)
 
+    def pooled(self) -> dict:
+        """The figures over all scored pixels: spectra and pixels scored, the fractions within 1 and 2 sigma, and
+        the chi2/dof."""
+        z = self.z[np.isfinite(self.z)]
+        return {"spectra": int((self.n > 0).sum()), "pixels": int(z.size),
+                "within_1sigma": float(np.mean(np.abs(z) < 1)) if z.size else float("nan"),
+                "within_2sigma": float(np.mean(np.abs(z) < 2)) if z.size else float("nan"),
+                "chi2_dof": float(np.mean(z ** 2)) if z.size else float("nan")}
+
 
 def heldout(model, spectra: Spectra, passes: int = 10, seed: int = 0, **options) -> HeldOut:
     """Hide each valid pixel once (a random 1/`passes` of them at a time), predict it from the rest, and score

@@ -29,7 +29,7 @@ from specae.engine import EngineConfig, Objective, Runtime, StepContext, adamw
 from specae.engine import train as run_engine
 from specae.engine.loop import STATE, load_history, remove_state
 from specae.errors import CountWarning, SpecaeError
-from specae.models.card import data_summary, heldout_summary
+from specae.models.card import data_summary
 from specae.models.checkpoint import holds_model, load_model, refuse_existing, replace_model, save_model
 from specae.models.config import ModelConfig
 from specae.models.vae import SpectrumVAE, chi2, gaussian_nll, kl_normal
@@ -468,7 +468,7 @@ def fit_calibrated(train, val=None, model_cfg: ModelConfig | None = None, cfg: T
         history["train_config"] = asdict(cfg)   # the budget given, not the training share of it
         fit_calibration(model, validation, seed=cfg.seed,
                         seconds=None if budget is None else budget - (time.monotonic() - t0))
-        history["check"] = heldout_summary(heldout(model, validation.select(slice(0, CHECK_ROWS)), seed=cfg.seed))
+        history["check"] = heldout(model, validation.select(slice(0, CHECK_ROWS)), seed=cfg.seed).pooled()
         if out_dir is not None:
             save_model(model, work, history)
             if not keep_state:

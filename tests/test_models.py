@@ -562,6 +562,10 @@ def test_heldout_predicts_each_valid_pixel_without_its_own_measurement(trained, 
     np.testing.assert_allclose(h.z[valid], ((s.flux - h.flux) / np.sqrt(h.sigma ** 2 + noise_var))[valid], rtol=1e-6)
     np.testing.assert_allclose(h.chi2_dof(), np.nanmean(h.z ** 2, 1), rtol=1e-6)
     np.testing.assert_allclose(h.within(2), (valid & (np.abs(np.nan_to_num(h.z)) < 2)).sum(1) / valid.sum(1))
+    pooled = h.pooled()   # over all scored pixels: the per-spectrum figures weighted by their pixels
+    assert pooled["spectra"] == 5 and pooled["pixels"] == valid.sum()
+    assert pooled["within_2sigma"] == pytest.approx(np.sum(h.within(2) * h.n) / h.n.sum())
+    assert pooled["chi2_dof"] == pytest.approx(np.sum(h.chi2_dof() * h.n) / h.n.sum())
     # a pixel's prediction does not see its own measurement: move it and only its z changes
     j = np.flatnonzero(valid[0])[valid[0].sum() // 2]
     moved = Spectra(s.wave, s.flux.copy(), s.ivar, s.mask, s.labels, s.ids)

@@ -91,7 +91,6 @@ def _calibrate(args) -> None:
     from specae.denoise import heldout
     from specae.engine.loop import load_history
     from specae.inputs import read_all
-    from specae.models.card import heldout_summary
     from specae.models.checkpoint import save_model
     from specae.train import CHECK_ROWS
 
@@ -101,7 +100,7 @@ def _calibrate(args) -> None:
     spectra = read_all(args.data, model.wave)
     cal = fit_calibration(model, spectra, args.posterior, seed=args.seed)
     check = heldout(model, spectra.drop_empty().select(slice(0, CHECK_ROWS)), seed=args.seed, posterior=args.posterior)
-    history["check"] = heldout_summary(check)
+    history["check"] = check.pooled()
     save_model(model, args.output, history)
     fitted = asdict(cal)
     print(f"calibrated on {cal.n_pixels} held-out pixels of {cal.n_spectra} spectra (mean -log L {cal.heldout_nll:.4f}); "

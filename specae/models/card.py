@@ -1,6 +1,6 @@
 """The model card, MODEL.md: what a model directory holds, what it was trained on and how well it did, in a few
 lines a person reads (`specae info MODEL`). Written with the calibrated model (`save_model`), from its config, its
-calibration and its history (the run's counts, files, data summary and held-out check)."""
+calibration and its history (the run's counts, files, data summary and held-out check, `HeldOut.pooled`)."""
 
 from __future__ import annotations
 
@@ -21,17 +21,6 @@ def data_summary(spectra, files: list[str]) -> dict:
     per = np.array([np.median(r[v]) for r, v in zip(snr, valid) if v.any()])
     return {"files": list(files), "snr": [float(per.min()), float(np.median(per)), float(per.max())] if per.size else None,
             "snr_rows": int(per.size)}
-
-
-def heldout_summary(h) -> dict:
-    """Pooled figures of a `specae.denoise.HeldOut`: spectra and pixels scored, the fractions within 1 and 2
-    sigma, and the chi2/dof."""
-    n = h.n
-    total = max(int(n.sum()), 1)
-    return {"spectra": int((n > 0).sum()), "pixels": int(n.sum()),
-            "within_1sigma": float(np.nansum(h.within(1) * n) / total),
-            "within_2sigma": float(np.nansum(h.within(2) * n) / total),
-            "chi2_dof": float(np.nansum(h.chi2_dof() * n) / total)}
 
 
 def model_card(model, history: dict) -> str:
@@ -79,4 +68,4 @@ def model_card(model, history: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["CARD", "model_card", "data_summary", "heldout_summary"]
+__all__ = ["CARD", "model_card", "data_summary"]
