@@ -436,6 +436,18 @@ TRAIN_SHARE = 0.8
 CHECK_ROWS = 100
 
 
+def calibrate_and_check(model, spectra: Spectra, history: dict, kind: str = "laplace", seed: int = 0,
+                        seconds: float | None = None) -> None:
+    """Fit the error model on `spectra` (specae.calibration.fit_calibration, within `seconds`) and record in
+    `history["check"]` a held-out check of it on up to CHECK_ROWS of them, for the model card."""
+    from specae.calibration import fit_calibration
+    from specae.denoise import heldout
+
+    fit_calibration(model, spectra, kind, seed=seed, seconds=seconds)
+    history["check"] = heldout(model, spectra.drop_empty().select(slice(0, CHECK_ROWS)), seed=seed,
+                               posterior=kind).pooled()
+
+
 def fit_calibrated(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None,
                    out_dir=None, resume: bool = False, callbacks: tuple = (), files: list[str] | None = None,
                    keep_state: bool = False, overwrite: bool = False) -> tuple[SpectrumVAE, dict]:
@@ -447,9 +459,6 @@ def fit_calibrated(train, val=None, model_cfg: ModelConfig | None = None, cfg: T
     holds a model is refused unless `resume` or `overwrite`; with `overwrite` the run trains beside it and takes
     its place only once written whole (an interrupted run leaves the earlier model as it was). Under torchrun only
     rank 0 calibrates and saves (the others return the uncalibrated model)."""
-    from specae.calibration import fit_calibration
-    from specae.denoise import heldout
-
     refuse_existing(out_dir, resume, overwrite)
     cfg = cfg or TrainConfig()
     t0 = time.monotonic()
@@ -466,9 +475,8 @@ def fit_calibrated(train, val=None, model_cfg: ModelConfig | None = None, cfg: T
         if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
             return model, history
         history["train_config"] = asdict(cfg)   # the budget given, not the training share of it
-        fit_calibration(model, validation, seed=cfg.seed,
-                        seconds=None if budget is None else budget - (time.monotonic() - t0))
-        history["check"] = heldout(model, validation.select(slice(0, CHECK_ROWS)), seed=cfg.seed).pooled()
+        calibrate_and_check(model, validation, history, seed=cfg.seed,
+                            seconds=None if budget is None else budget - (time.monotonic() - t0))
         if out_dir is not None:
             save_model(model, work, history)
             if not keep_state:

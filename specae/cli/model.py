@@ -87,20 +87,18 @@ def _train(args) -> None:
 def _calibrate(args) -> None:
     from dataclasses import asdict
 
-    from specae.calibration import FITTED, fit_calibration
-    from specae.denoise import heldout
+    from specae.calibration import FITTED
     from specae.engine.loop import load_history
     from specae.inputs import read_all
     from specae.models.checkpoint import save_model
-    from specae.train import CHECK_ROWS
+    from specae.train import calibrate_and_check
 
     model = load_for_inference(args)
     run = Path(args.model) / "history.json"
     history = load_history(run) if run.is_file() else {}   # the training run's, for the card
     spectra = read_all(args.data, model.wave)
-    cal = fit_calibration(model, spectra, args.posterior, seed=args.seed)
-    check = heldout(model, spectra.drop_empty().select(slice(0, CHECK_ROWS)), seed=args.seed, posterior=args.posterior)
-    history["check"] = check.pooled()
+    calibrate_and_check(model, spectra, history, args.posterior, seed=args.seed)
+    cal = model.calibration
     save_model(model, args.output, history)
     fitted = asdict(cal)
     print(f"calibrated on {cal.n_pixels} held-out pixels of {cal.n_spectra} spectra (mean -log L {cal.heldout_nll:.4f}); "
