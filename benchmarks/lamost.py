@@ -32,8 +32,9 @@ from specae.baselines import WeightedPCA
 from specae.data.readers import read_many
 from specae.denoise import heldout
 from specae.models.config import ModelConfig
+from specae.pipeline import fit_calibrated
 from specae.regress import LabelRegressor, RegressorConfig
-from specae.train import TrainConfig, fit_calibrated
+from specae.train import TrainConfig
 
 LABELS = ("teff", "logg", "feh")
 QUICK = {"pixels": "1000", "epochs": 3}

@@ -188,7 +188,7 @@ def train_or_load(args, train):
     import json
     from pathlib import Path
 
-    from specae.models import load_model
+    from specae.model_dir import load_model
     from specae.models.config import ModelConfig
     from specae.train import TrainConfig, fit
 

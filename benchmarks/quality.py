@@ -662,7 +662,7 @@ def parse(argv):
                         "(specae.calibration.fit_calibration)")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD:KEY=VALUE,...",
                    help="a specae method with ModelConfig/TrainConfig fields changed, e.g. "
-                        "heldout=vae-mlp:monitor=heldout_chi2_dof (repeatable; added to --methods)")
+                        "plain-nll=vae-mlp:beta_nll=0 (repeatable; added to --methods)")
     p.add_argument("--sweep", default=None,
                    help='"n-train=1000,10000,100000", "latent=4,6,8,12" or "seed=0,1,2" (the same data, trained '
                         'from other random starts: the spread of every figure)')

@@ -272,6 +272,14 @@ class HeldOut:
                 "chi2_dof": float(np.mean(z ** 2)) if z.size else float("nan")}
 
 
+def pool(figures: list[dict]) -> dict:
+    """`HeldOut.pooled` figures of several parts (files, blocks) pooled into those of all their pixels at once."""
+    n = sum(f["pixels"] for f in figures)
+    mean = {k: sum(f[k] * f["pixels"] for f in figures if f["pixels"]) / n if n else float("nan")
+            for k in ("within_1sigma", "within_2sigma", "chi2_dof")}
+    return {"spectra": sum(f["spectra"] for f in figures), "pixels": n, **mean}
+
+
 def heldout(model, spectra: Spectra, passes: int = 10, seed: int = 0, **options) -> HeldOut:
     """Hide each valid pixel once (a random 1/`passes` of them at a time), predict it from the rest, and score
     it against its measurement. `model`: a trained specae model (`options` go to `denoise`; spectra on another

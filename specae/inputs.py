@@ -19,7 +19,7 @@ import numpy as np
 
 from specae.data.spectra import Spectra
 from specae.errors import SpecaeError
-from specae.paths import expand_paths, output_paths, refuse_inputs
+from specae.plumbing import expand_paths, output_paths, refuse_inputs
 
 FITS_SIGNATURE = b"SIMPLE  ="
 GZIP_SIGNATURE = b"\x1f\x8b"
@@ -108,7 +108,7 @@ def read_all(patterns, wave: np.ndarray) -> Spectra:
 
 def input_outputs(patterns, output, create: bool = True) -> list[Path]:
     """Where each input of `spectrum_inputs(patterns)` writes (same order): OUTPUT/<name> per HDF5 file in a
-    batch (`specae.paths.output_paths`), or `output` itself, a file, for the FITS files. Refused before any
+    batch (`specae.plumbing.output_paths`), or `output` itself, a file, for the FITS files. Refused before any
     work: FITS and HDF5 files mixed, and FITS files with a directory output."""
     paths = expand_paths(patterns)
     h5, fits = split_formats(paths)

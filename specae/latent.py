@@ -7,6 +7,7 @@ arithmetic, and outlier scores from the latent posterior.
     z, flux = interpolate(model, lat.mean[0], lat.mean[1], 8, kind="slerp")
     z, flux = arithmetic(model, lat.mean[rich], lat.mean[poor], lat.mean[other])   # rich - poor + other
     s = outlier_scores(model, spectra, LatentDensity().fit(lat))  # log_evidence, chi2_dof, log_density
+    lat, labels, ids = encode_files(model, ["a.h5", "b.h5"], "laplace")   # files read block by block
 
 Inputs are latents (N, K) (or `Latents`) and Spectra; outputs are numpy arrays. Decoded spectra are the
 decoder's mean mu(z) in the model's normalised flux units, on its observed grid (`model.wave`).
@@ -22,14 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from specae.data.hdf5 import atomic_path
-from specae.denoise import Latents, model_input, no_data, rows_per_batch
-from specae.errors import SpecaeError
+from specae.denoise import Latents, encode, model_input, no_data, rows_per_batch
+from specae.errors import SpecaeError, one_count_warning
+from specae.inputs import spectrum_inputs
+from specae.models.vae import LOG_2PI
+from specae.plumbing import atomic_path
 from specae.regress import cv_r2, label_column, numeric_labels, ridge_fit
 from specae.uncertainty import pixel_weights, spd_cholesky
 from specae.uncertainty import posterior as latent_posterior
 
-LOG_2PI = math.log(2 * math.pi)
 
 
 def _means(latents) -> np.ndarray:
@@ -296,3 +298,37 @@ def outlier_scores(model, spectra, density: LatentDensity | None = None, posteri
     for k in ("log_evidence", "chi2_dof", "log_density"):
         out[k][empty] = np.nan
     return out
+
+
+def encode_files(model, paths, posterior: str, batch_size=None, names=None, max_rows: int | None = None):
+    """Latent posteriors of the spectra in `paths`, read block by block: (Latents, labels {name: (N,)},
+    ids (N,)). Labels `names` (default: the numeric labels all files share) must be in every file; only
+    the first `max_rows` rows are read if given. FITS files are read together onto the model's grid
+    (specae.inputs). Spectra without a valid pixel are left out (counted in a warning: their latents are no
+    estimate)."""
+    means, covs, labels, ids, kind, total = [], [], [], [], posterior, 0
+    with one_count_warning():   # one for all blocks and files
+        for src in spectrum_inputs(paths, model.wave):
+            for part in src.blocks():
+                if max_rows is not None and total >= max_rows:
+                    break
+                part = part[: None if max_rows is None else max_rows - total]
+                wanted = numeric_labels(part.labels) if names is None else names
+                try:
+                    labels.append({n: label_column(part.labels, n, len(part)) for n in wanted})
+                except SpecaeError as e:
+                    raise SpecaeError(f"{src.name}: {e}") from None
+                lat = encode(model, part, posterior, batch_size)
+                means.append(lat.mean)
+                covs.append(lat.cov)
+                ids.append(part.ids)
+                kind, total = lat.kind, total + len(part)
+    if total == 0:
+        raise SpecaeError(f"{', '.join(map(str, paths))}: no spectra")
+    common = [n for n in labels[0] if all(n in d for d in labels)]
+    mean = np.concatenate(means)
+    keep = np.isfinite(mean).all(1)
+    if not keep.any():
+        raise SpecaeError(f"{', '.join(map(str, paths))}: no spectra with a valid pixel")
+    return (Latents(mean[keep], np.concatenate(covs)[keep], kind),
+            {n: np.concatenate([d[n] for d in labels])[keep] for n in common}, np.concatenate(ids)[keep])

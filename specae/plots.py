@@ -13,7 +13,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from scipy.stats import norm
 
-from specae.data.hdf5 import atomic_path
+from specae.plumbing import atomic_path
 
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +32,14 @@ import torch
 import torch.nn as nn
 from scipy.optimize import minimize
 
-from specae.checkpoints import load_tensors, reading, require_files
-from specae.data.hdf5 import atomic_path
+from specae.checkpoints import cpu_tensors, load_tensors, reading, require_files, write_checkpoint
 from specae.data.sources import TensorSource
 from specae.denoise import Latents, encode
 from specae.engine import EngineConfig, Objective, StepContext, adamw
 from specae.engine import train as run_engine
 from specae.errors import SpecaeError
+from specae.models.vae import gaussian_nll
+from specae.plumbing import config_from_dict
 
 FORMAT = "specae-regressor"
 VERSION = 1
@@ -163,11 +164,12 @@ class MLPMap(nn.Module):
         return n.y_loc + n.y_scale * out[:, 0], n.y_scale ** 2 * out[:, 1].clamp(-12, 8).exp()
 
 
-def gaussian_nll(mean: torch.Tensor, var: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of 0.5 ((y - mean)^2 / var + log var) over the finite entries of y, and their count; (B, L) each."""
+def label_nll(mean: torch.Tensor, var: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Gaussian negative log-likelihood (specae.models.vae.gaussian_nll) summed over the finite entries of y,
+    and their count; mean, var, y (B, L). Missing labels weigh nothing (ivar 0)."""
     ok = torch.isfinite(y)
-    nll = 0.5 * ((torch.where(ok, y, mean) - mean) ** 2 / var + torch.log(var))
-    return torch.where(ok, nll, 0.0).sum(), ok.sum()
+    nll = gaussian_nll(torch.where(ok, y, 0.0), torch.where(ok, 1 / var, 0.0), mean, torch.zeros_like(mean))
+    return nll.sum(), ok.sum()
 
 
 class MapObjective(Objective):
@@ -195,8 +197,8 @@ class MapObjective(Objective):
         (mean, var), (grad, _) = torch.func.jvp(net, (z.repeat(k, 1),), (eye,))
         mean, var, grad = mean[:b], var[:b], grad.view(k, b, -1)                                 # (B, L), (K, B, L)
         var_lat = torch.einsum("kbl,bkm,mbl->bl", grad, batch["cov"], grad)
-        return gaussian_nll((mean - n.y_loc) / n.y_scale, (var + var_lat) / n.y_scale ** 2,
-                            (batch["y"] - n.y_loc) / n.y_scale)
+        return label_nll((mean - n.y_loc) / n.y_scale, (var + var_lat) / n.y_scale ** 2,
+                         (batch["y"] - n.y_loc) / n.y_scale)
 
     def train_step(self, batch, ctx: StepContext):
         with ctx.autocast():
@@ -231,12 +233,6 @@ class RegressorConfig(EngineConfig):
     n_draws: int = 64                  # latent posterior draws pushed through the map (antithetic pairs)
     posterior: str = "laplace"         # latent posterior of the spectra (specae.uncertainty)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "RegressorConfig":
-        known = {f.name for f in fields(cls)}
-        cfg = cls(**{k: v for k, v in d.items() if k in known})
-        cfg.hidden = tuple(cfg.hidden)
-        return cfg
 
 
 @dataclass
@@ -333,12 +329,11 @@ class LabelRegressor:
         def encoded(s):
             return encode(model, s, self.cfg.posterior), np.stack([label_column(s.labels, n, len(s)) for n in names], 1)
 
-        self.fit_latents(*encoded(spectra), names, None if calibration is None else encoded(calibration))
-        self.fingerprint_ = model_fingerprint(model)
-        return self
+        return self.fit_latents(*encoded(spectra), names, None if calibration is None else encoded(calibration), model)
 
-    def fit_latents(self, latents: Latents, y: np.ndarray, names, calibration=None) -> "LabelRegressor":
-        """Fit on latent posteriors (N spectra) and labels y (N, L), NaN where missing.
+    def fit_latents(self, latents: Latents, y: np.ndarray, names, calibration=None, model=None) -> "LabelRegressor":
+        """Fit on latent posteriors (N spectra) and labels y (N, L), NaN where missing; `model`, the one that gave
+        the latents, is recorded (`fingerprint_`) so that `predict` refuses any other.
 
         The sigma factors are calibrated (and the MLP stopped early) on `calibration` = (Latents, y) if given,
         else on a random `cfg.holdout` of the spectra. Give spectra the VAE did not train on where you can:
@@ -360,6 +355,7 @@ class LabelRegressor:
                 raise SpecaeError(f"label {name!r}: {n_tr} training and {n_ca} calibration spectra have a value; "
                                   f"too few to fit and calibrate")
         self.names_, self.latent_dim_, self.kind_ = names, z.shape[1], latents.kind
+        self.fingerprint_ = None if model is None else model_fingerprint(model)
         k, n_lab = z.shape[1], len(names)
         if self.cfg.kind == "ridge":
             self.map_ = RidgeMap(k, n_lab)
@@ -423,23 +419,16 @@ class LabelRegressor:
     # -- persistence ------------------------------------------------------------------------------------
 
     def save(self, directory) -> None:
-        """Write regressor.json and weights.pt (and history.json for the MLP) into `directory`, atomically."""
-        d = Path(directory)
-        if d.exists() and not d.is_dir():
-            raise SpecaeError(f"{d}: exists and is not a directory")
-        d.mkdir(parents=True, exist_ok=True)
+        """Write weights.pt, history.json (the MLP's) and regressor.json into `directory`, atomically."""
         info = {"format": FORMAT, "version": VERSION, "config": asdict(self.cfg), "labels": self.names_,
                 "latent_dim": self.latent_dim_, "latent_kind": self.kind_, "model_fingerprint": self.fingerprint_,
                 "calibration": {n: {"a_latent": float(a), "b_map": float(b)}
                                 for n, (a, b) in zip(self.names_, self.scale_)},
                 "metrics_calibration": self.metrics_}
-        with atomic_path(d / "weights.pt") as tmp:
-            torch.save({k: v.detach().cpu() for k, v in self.map_.state_dict().items()}, tmp)
-        if self.history_:
-            with atomic_path(d / "history.json") as tmp:
-                tmp.write_text(json.dumps(self.history_, indent=1))
-        with atomic_path(d / "regressor.json") as tmp:     # last: its presence means the rest is complete
-            tmp.write_text(json.dumps(info, indent=1))
+        # regressor.json last: its presence means the rest is complete
+        write_checkpoint(directory, {"weights.pt": cpu_tensors(self.map_),
+                                     **({"history.json": self.history_} if self.history_ else {}),
+                                     "regressor.json": info})
 
     @classmethod
     def load(cls, directory) -> "LabelRegressor":
@@ -450,7 +439,7 @@ class LabelRegressor:
             info = json.loads((d / "regressor.json").read_text())
             if info.get("format") != FORMAT or int(info.get("version", 0)) > VERSION:
                 raise ValueError("not a specae regressor of a version this specae reads")
-            reg = cls(RegressorConfig.from_dict(info["config"]))
+            reg = cls(config_from_dict(RegressorConfig, info["config"]))
             reg.names_, reg.latent_dim_, reg.kind_ = list(info["labels"]), int(info["latent_dim"]), info["latent_kind"]
             reg.fingerprint_, reg.metrics_ = info["model_fingerprint"], info["metrics_calibration"]
             reg.scale_ = np.array([[info["calibration"][n]["a_latent"], info["calibration"][n]["b_map"]]

@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 from numpy.polynomial import legendre
 
-from specae.data.hdf5 import atomic_path
+from specae.plumbing import atomic_path
 from specae.data.spectra import Spectra
 from specae.errors import SpecaeError
 

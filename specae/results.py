@@ -20,7 +20,8 @@ from typing import Callable, Iterable
 import h5py
 import numpy as np
 
-from specae.data.hdf5 import FORMAT_VERSION, atomic_path, default_chunk_rows, write_ids_labels
+from specae.data.hdf5 import FORMAT_VERSION, default_chunk_rows, write_ids_labels
+from specae.plumbing import atomic_path
 from specae.data.spectra import Spectra
 from specae.errors import SpecaeError
 

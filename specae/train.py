@@ -1,19 +1,16 @@
-"""Training the VAE/AE: data sources, the model's PCA start, its objective for the engine, calibration.
+"""Training the VAE/AE: data sources, the model's PCA start, its objective for the engine.
 
-`fit` is the sklearn-like entry point. It takes spectra in memory or HDF5 files to stream, builds the
-model from a bounded random sample of rows and trains it through the one engine (specae.engine: device,
-precision, DDP, schedule, early stopping, checkpoints) with the `VAEObjective` step. It only trains: the
-error model is calibrated afterwards (specae.calibration) on the validation spectra, which `fit` returns
-a sample of.
+`fit` takes spectra in memory or HDF5 files to stream, builds the model from a bounded random sample of rows
+and trains it through the one engine (specae.engine: device, precision, DDP, schedule, early stopping,
+checkpoints) with the `VAEObjective` step. It only trains: the error model is calibrated afterwards
+(specae.calibration) on the validation spectra, which `fit` returns a sample of; specae.pipeline does both.
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
-import time
 import warnings
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +21,16 @@ from specae.checkpoints import reading, require_files
 from specae.data.resample import loglam_grid
 from specae.data.sources import H5Blocks, H5Source, TensorSource
 from specae.data.spectra import Spectra
-from specae.data.tensors import normalise, to_batch, window_mask
+from specae.data.tensors import batch_normaliser, to_batch, window_mask
 from specae.engine import EngineConfig, Objective, Runtime, StepContext, adamw
 from specae.engine import train as run_engine
-from specae.engine.loop import STATE, load_history, remove_state
+from specae.engine.loop import STATE, load_history
 from specae.errors import CountWarning, SpecaeError
+from specae.model_dir import load_model, save_model
 from specae.models.card import data_summary
-from specae.models.checkpoint import holds_model, load_model, refuse_existing, replace_model, save_model
 from specae.models.config import ModelConfig
 from specae.models.vae import SpectrumVAE, chi2, gaussian_nll, kl_normal
+from specae.plumbing import config_from_dict, expand_paths
 
 
 @dataclass
@@ -45,15 +43,11 @@ class TrainConfig(EngineConfig):
                                        # on the emulator's stars against 0.64x for the weights themselves)
     beta: float = 1.0                  # KL weight (VAE)
     kl_warmup: int = 5                 # epochs over which beta ramps up from 0
-    free_bits: float = 0.0             # minimum KL per latent dimension [nats]
     val_fraction: float = 0.1          # used when no validation set is given
     augment: float = 0.5               # probability of hiding a random chunk from the encoder
-    noise_augment: float = 0.0         # probability of showing the encoder the spectrum at lower S/N
     beta_nll: float = 1.0              # beta-NLL weight on the learned scatter (specae.models.vae.gaussian_nll): on
                                        # galaxies ±1σ holds 74 % of all true values against 80 % at 0, lines 0.58 vs
                                        # 0.59; neutral on the emulator's stars
-    holdout: float = 0.1               # fraction of validation pixels hidden and predicted from the rest
-    monitor: str = "chi2_dof"          # validation figure that picks the best epoch: chi2_dof | heldout_chi2_dof
     init_rows: int = 5000              # rows sampled for the PCA start and the normalisation statistics
     calib_rows: int = 2000             # validation rows returned for calibrating the error model
     num_workers: int = 2               # DataLoader workers when streaming from HDF5
@@ -108,17 +102,6 @@ def _weighted_mean(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 # -- the objective ---------------------------------------------------------------------------------------
-def add_noise(x: torch.Tensor, ivar: torch.Tensor, prob: float, gen: torch.Generator):
-    """In a fraction `prob` of the rows, the spectrum at a lower S/N: extra noise drawn from its own ivar
-    so the variance grows by a factor f in [1, 4] (S/N down to half), ivar divided by f. Returns x, ivar."""
-    b = x.shape[0]
-    u = torch.rand(b, 2, generator=gen, device=x.device)
-    f = 1 + 3 * u[:, :1] * (u[:, 1:] < prob)                                     # (B, 1)
-    extra = torch.randn(x.shape, generator=gen, device=x.device) * ((f - 1) / ivar.clamp_min(1e-30)).sqrt()
-    valid = ivar > 0
-    return torch.where(valid, x + extra, x), ivar / f
-
-
 def hide_chunks(ivar: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
     """Zero a random chunk (up to 10 % of the pixels) in a fraction `prob` of the rows; random numbers
     drawn on the device."""
@@ -130,14 +113,14 @@ def hide_chunks(ivar: torch.Tensor, prob: float, gen: torch.Generator) -> torch.
 
 
 class VAEObjective(Objective):
-    """The VAE/AE step: heteroscedastic Gaussian likelihood (+ KL with warm-up and free bits for the VAE),
-    per pixel so the learning rate does not depend on npix; validation chi2/dof of the posterior mean."""
+    """The VAE/AE step: heteroscedastic Gaussian likelihood (+ KL with warm-up for the VAE), per pixel so the
+    learning rate does not depend on npix; validation chi2/dof of the posterior mean picks the best epoch."""
 
     schedule = "cosine"
+    monitor = "chi2_dof"
 
     def __init__(self, model: SpectrumVAE, cfg: TrainConfig):
         self.model, self.cfg = model, cfg
-        self.monitor = cfg.monitor
 
     def modules(self):
         return {"model": self.model}
@@ -154,54 +137,33 @@ class VAEObjective(Objective):
         x, ivar, z = batch["x"], batch["ivar"], batch.get("z")
         vae = self.model.cfg.kind == "vae"
         eps = torch.randn(x.shape[0], self.model.cfg.latent_dim, generator=ctx.generator, device=x.device) if vae else None
-        x_enc, ivar_enc = x, ivar
-        if self.cfg.noise_augment:
-            x_enc, ivar_enc = add_noise(x, ivar, self.cfg.noise_augment, ctx.generator)
-        ivar_enc = hide_chunks(ivar_enc, self.cfg.augment, ctx.generator)
+        ivar_enc = hide_chunks(ivar, self.cfg.augment, ctx.generator)
         with ctx.autocast():
-            mu, sigma, mean, logvar = ctx.trained("model")(x, ivar, z, ivar_enc, eps, x_enc)
+            mu, sigma, mean, logvar = ctx.trained("model")(x, ivar, z, ivar_enc, eps)
         nll = gaussian_nll(x, ivar, mu, sigma, self.cfg.beta_nll)
         beta = self.cfg.beta * min(1.0, (ctx.epoch + 1) / max(self.cfg.kl_warmup, 1))
-        kl = kl_normal(mean, logvar, self.cfg.free_bits) if vae else torch.zeros_like(nll)
+        kl = kl_normal(mean, logvar) if vae else torch.zeros_like(nll)
         loss = (nll + beta * kl).mean() / self.model.cfg.npix
         ctx.optimizer_step("model", loss)
         return {"loss": loss.detach() * self.model.cfg.npix}
 
     def eval_step(self, batch, ctx):
-        """Sums for chi2/dof of the reconstruction, the negative ELBO, and the chi2/dof of held-out pixels:
-        a random `holdout` of the valid pixels (the same ones every epoch: the generator is reseeded for
-        each evaluation) hidden from the encoder and predicted from the rest, an honest test of the model
-        on pixels it did not fit."""
+        """Sums for the chi2/dof of the reconstruction and the negative ELBO."""
         x, ivar, z = batch["x"], batch["ivar"], batch.get("z")
         mu, sigma, mean, logvar = self.model(x, ivar, z)
         nll = gaussian_nll(x, ivar, mu, sigma)
         kl = kl_normal(mean, logvar) if logvar is not None else torch.zeros_like(nll)
         c, n = chi2(x, ivar, mu)
-        hold = (torch.rand(x.shape, generator=ctx.generator, device=x.device) < self.cfg.holdout) & (ivar > 0)
-        mu_h, _, _, _ = self.model(x, torch.where(hold, 0.0, ivar), z)
-        c_h, n_h = chi2(x, torch.where(hold, ivar, 0.0), mu_h)
-        return {"chi2": c, "n_valid": n.double(), "loss": (nll + kl).sum(), "count": torch.tensor(float(len(x))),
-                "chi2_held": c_h, "n_held": n_h.double()}
+        return {"chi2": c, "n_valid": n.double(), "loss": (nll + kl).sum(), "count": torch.tensor(float(len(x)))}
 
     def summarise(self, sums):
-        return {"chi2_dof": sums["chi2"] / max(sums["n_valid"], 1), "loss": sums["loss"] / max(sums["count"], 1),
-                "heldout_chi2_dof": sums["chi2_held"] / max(sums["n_held"], 1)}
+        return {"chi2_dof": sums["chi2"] / max(sums["n_valid"], 1), "loss": sums["loss"] / max(sums["count"], 1)}
 
     def export(self, directory, history):
         save_model(self.model, directory, history)
 
 
 # -- data ------------------------------------------------------------------------------------------------
-def _normaliser(window: torch.Tensor | None, device):
-    """On-device transform of streamed batches: raw flux/ivar -> model-space x/ivar (specae.data.tensors)."""
-    window = None if window is None else window.to(device)
-
-    def transform(batch):
-        x, ivar, _ = normalise(batch["flux"], batch["ivar"], window)
-        return {"x": x, "ivar": ivar, **({"z": batch["z"]} if "z" in batch else {})}
-    return transform
-
-
 def _tensor_source(spectra: Spectra, model: SpectrumVAE, cfg: TrainConfig, shuffle: bool, rt: Runtime) -> TensorSource:
     b, _ = to_batch(spectra, window_mask(spectra.wave, model.cfg.norm_window), model.cfg.redshift)
     tensors = {"x": b.x, "ivar": b.ivar, **({"z": b.z} if b.z is not None else {})}
@@ -279,6 +241,29 @@ def _plausible(train: Spectra, val: Spectra, label: str) -> tuple[Spectra, Spect
     return train.select(keep[0]), val.select(keep[1])
 
 
+# Training sets whose flux and ivar take up to this much memory are read into it; larger ones are streamed
+IN_MEMORY_BYTES = 1 << 30
+
+
+def training_data(data, val=None, stream: bool = False) -> tuple:
+    """(train, val, file names) for `fit` from HDF5 files (paths or glob patterns; `val` None: none given): the
+    spectra read into memory when the training files' flux and ivar take at most IN_MEMORY_BYTES and not
+    `stream`, else the paths, which `fit` streams by row blocks."""
+    from specae.data.hdf5 import H5Spectra, read_h5
+
+    paths = expand_paths(data)
+    val_paths = expand_paths(val) if val else None
+    size = 0
+    for p in paths:
+        with H5Spectra(p) as h5:
+            size += 8 * h5.shape[0] * h5.shape[1]
+    names = [p.name for p in paths]
+    if stream or size > IN_MEMORY_BYTES:
+        return paths, val_paths, names
+    return (Spectra.concatenate([read_h5(p) for p in paths]),
+            Spectra.concatenate([read_h5(p) for p in val_paths]) if val_paths else None, names)
+
+
 # -- what a run trained on, and what a resumed run must keep ----------------------------------------------
 # settings that may change when a run is resumed (how long, where and how it runs); the others are the run's
 PER_INVOCATION = ("epochs", "max_minutes", "device", "precision", "distributed", "num_workers", "progress")
@@ -348,15 +333,15 @@ def resumed_config(out_dir, model_options: dict, options: dict) -> TrainConfig:
     require_files(d, ("config.json",), "model")
     with reading(d, "checkpoint"):
         saved_model = asdict(ModelConfig.from_json((d / "config.json").read_text()))
-    known = {f.name for f in fields(TrainConfig)}
-    saved = {k: v for k, v in _history(d).get("train_config", {}).items() if k in known}
+    run_cfg = _history(d).get("train_config", {})   # settings of levers since removed are left out
+    saved = {k: v for k, v in asdict(config_from_dict(TrainConfig, run_cfg)).items() if k in run_cfg}
     fixed = {k: v for k, v in options.items() if k not in PER_INVOCATION}
     for given, run in ((model_options, saved_model), (fixed, saved)):
         for name, value in given.items():
             if name in run and value != run[name]:
                 raise SpecaeError(f"--resume: {name} {value} given, but the run in {d} has {name} {run[name]}; "
                                   "leave it out to continue that run, or train afresh in another directory")
-    return replace(TrainConfig(**saved), **options)
+    return replace(config_from_dict(TrainConfig, saved), **options)
 
 
 def fit(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None, out_dir=None,
@@ -413,7 +398,7 @@ def fit(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig 
         model = _start(sample, model_cfg, z_all, out_dir, resume, seen)
         window = window_mask(model.wave, model.cfg.norm_window)
         common = dict(redshift=model.cfg.redshift, seed=cfg.seed, num_workers=cfg.num_workers,
-                      transform=_normaliser(window, rt.device), pin_memory=rt.device.type == "cuda")
+                      transform=batch_normaliser(window, rt.device), pin_memory=rt.device.type == "cuda")
         train_src = H5Source(blocks, train_blocks, cfg.batch_size, shuffle=True, **common)
         val_src = H5Source(val_files, val_blocks, 4 * cfg.batch_size, shuffle=False, **common)
         val_cal = _sample_rows(val_files, val_blocks, cfg.calib_rows, cfg.seed + 1).drop_empty()
@@ -423,70 +408,6 @@ def fit(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig 
              "training_data": data_summary(sample, files or [])}
     history = run_engine(VAEObjective(model, cfg), train_src, val_src, cfg, out_dir, resume, callbacks, rt, extra)
     history["validation"] = val_cal
-    return model, history
-
-
-# With a time budget, training stops at this share of it and the error model is fitted in the rest (more, when
-# training ends sooner): calibration is a fifth of a run, not an overrun after it
-TRAIN_SHARE = 0.8
-
-
-# Validation spectra of the model card's held-out check (specae.denoise.heldout: 10 denoising passes each): 15 s on
-# one CPU core for 4000 pixels, small beside training
-CHECK_ROWS = 100
-
-
-def calibrate_and_check(model, spectra: Spectra, history: dict, kind: str = "laplace", seed: int = 0,
-                        seconds: float | None = None) -> None:
-    """Fit the error model on `spectra` (specae.calibration.fit_calibration, within `seconds`) and record in
-    `history["check"]` a held-out check of it on up to CHECK_ROWS of them, for the model card."""
-    from specae.calibration import fit_calibration
-    from specae.denoise import heldout
-
-    fit_calibration(model, spectra, kind, seed=seed, seconds=seconds)
-    history["check"] = heldout(model, spectra.drop_empty().select(slice(0, CHECK_ROWS)), seed=seed,
-                               posterior=kind).pooled()
-
-
-def fit_calibrated(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None,
-                   out_dir=None, resume: bool = False, callbacks: tuple = (), files: list[str] | None = None,
-                   keep_state: bool = False, overwrite: bool = False) -> tuple[SpectrumVAE, dict]:
-    """`fit`, then the error model fitted on the validation spectra (specae.calibration.fit_calibration), a
-    held-out check of it on up to CHECK_ROWS of them (history "check"), and the calibrated model saved in `out_dir`
-    with its card (MODEL.md), all within `cfg.max_minutes` (the check aside). Until the calibrated model is written
-    last, `out_dir` holds no calibration.json, so an interrupted run leaves a model that `denoise` refuses, and its
-    training state, to resume; a finished run removes the state unless `keep_state`. An `out_dir` that already
-    holds a model is refused unless `resume` or `overwrite`; with `overwrite` the run trains beside it and takes
-    its place only once written whole (an interrupted run leaves the earlier model as it was). Under torchrun only
-    rank 0 calibrates and saves (the others return the uncalibrated model)."""
-    refuse_existing(out_dir, resume, overwrite)
-    cfg = cfg or TrainConfig()
-    t0 = time.monotonic()
-    budget = None if cfg.max_minutes is None else 60 * cfg.max_minutes
-    share = cfg if budget is None else replace(cfg, max_minutes=TRAIN_SHARE * cfg.max_minutes)
-    work, staged = out_dir, overwrite and out_dir is not None and holds_model(out_dir)
-    if staged:
-        work = Path(out_dir).resolve()   # resolved: "." has no name to stage beside
-        work = work.with_name(f".{work.name}.new")
-        shutil.rmtree(work, ignore_errors=True)   # left by a run killed before it could clean up
-    try:
-        model, history = fit(train, val, model_cfg, share, work, resume, callbacks, files)
-        validation = history.pop("validation")
-        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-            return model, history
-        history["train_config"] = asdict(cfg)   # the budget given, not the training share of it
-        calibrate_and_check(model, validation, history, seed=cfg.seed,
-                            seconds=None if budget is None else budget - (time.monotonic() - t0))
-        if out_dir is not None:
-            save_model(model, work, history)
-            if not keep_state:
-                remove_state(work)
-            if staged:
-                replace_model(work, out_dir)
-    except BaseException:
-        if staged:
-            shutil.rmtree(work, ignore_errors=True)
-        raise
     return model, history
 
 

@@ -32,7 +32,7 @@ def fit_calibrated(*args, **kw):
     """specae.train.fit, then the error model calibrated on the run's validation spectra and the model saved with
     it, as `specae train` does."""
     from specae.calibration import fit_calibration
-    from specae.models.checkpoint import save_model
+    from specae.model_dir import save_model
     from specae.train import fit
 
     model, history = fit(*args, **kw)

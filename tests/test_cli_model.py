@@ -3,6 +3,7 @@ and that bad input ends in one 'specae: error:' line, exit code 2, no output and
 
 import collections
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,7 +116,7 @@ def test_denoise_writes_flux_sigma_ids_labels(files, vae_model, tmp_path, capsys
 
 def test_heldout_writes_per_spectrum_checks_and_one_summary_line(files, vae_model, tmp_path, capsys):
     from specae.denoise import heldout
-    from specae.models.checkpoint import load_model
+    from specae.model_dir import load_model
 
     out = tmp_path / "check.h5"
     code, stdout, _ = run(capsys, "heldout", vae_model, files["stars"], "-o", out, "--passes", "3")
@@ -309,17 +310,20 @@ def test_subprocess_error_has_no_traceback(files, tmp_path):
 # demo
 
 
-def test_demo_with_a_tiny_budget(tmp_path, capsys, monkeypatch):
+def test_demo_trains_the_epochs_asked_and_reports_its_time(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)   # the demo reads the bundled ./data set when it is there
     out = tmp_path / "demo"
-    code, stdout, _ = run(capsys, "demo", "-o", out, "--max-minutes", "0.05")
+    # a budget as well, for the calibration's sake: far more than 2 epochs need, so the epochs stop training
+    code, stdout, _ = run(capsys, "demo", "-o", out, "--epochs", "2", "--max-minutes", "0.5")
     assert code == 0
     for name in ("summary.txt", "denoised.png", "training.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "denoised.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"config.json", "weights.pt"} <= {p.name for p in (out / "model").iterdir()}
     summary = (out / "summary.txt").read_text()
-    assert summary.strip() == stdout.strip() and "stopped by time budget" in summary
+    assert summary.strip() == stdout.strip() and "training: 2 epochs in " in summary and "stopped by epochs" in summary
+    took = float(re.search(r"the demo took ([\d.]+) min", summary).group(1))
+    assert 0 <= took < 5
     assert "RMSE" in summary and "nan" not in summary.lower()
     assert not [p for p in out.rglob("*.tmp")]
     assert not (out / "data").exists()   # the bundled set was used, not regenerated

@@ -22,7 +22,8 @@ from specae.data.resample import loglam_grid
 from specae.data.sources import H5Blocks, H5Source, TensorSource
 from specae.data.synthetic import add_noise, stellar_spectra
 from specae.errors import SpecaeError
-from specae.models import ModelConfig, load_model
+from specae.model_dir import load_model
+from specae.models import ModelConfig
 from specae.train import TrainConfig, VAEObjective, build_model, fit
 from tests.conftest import fit_calibrated
 

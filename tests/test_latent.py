@@ -23,7 +23,7 @@ from specae.denoise import Latents, encode
 from specae.errors import SpecaeError
 from specae.latent import (LatentDensity, arithmetic, decode, directions, interpolate, load_directions, outlier_scores,
                            save_directions, slerp, traverse)
-from specae.models import save_model
+from specae.model_dir import save_model
 from specae.models.config import ModelConfig
 from specae.train import TrainConfig
 from tests.conftest import SHARED, fit_calibrated, shared_dir

@@ -16,7 +16,8 @@ from specae.cli import main
 from specae.data.hdf5 import read_h5, write_h5
 from specae.data.resample import loglam_grid
 from specae.data.synthetic import add_noise, stellar_spectra
-from specae.models import ModelConfig, SpectrumVAE, save_model
+from specae.model_dir import save_model
+from specae.models import ModelConfig, SpectrumVAE
 from tests.conftest import SHARED, one_error_line, run
 
 WAVE = loglam_grid(4000, 6000, 1e-3)   # 177 pixels
@@ -128,7 +129,7 @@ def test_training_into_an_existing_model_is_refused_before_any_work(model, stars
 
 
 def test_overwrite_replaces_the_model_whole_and_only_when_written(model, stars, tmp_path, capsys, monkeypatch):
-    import specae.calibration as calibration
+    import specae.pipeline as pipeline
 
     m = tmp_path / "m"
     shutil.copytree(model, m)
@@ -139,7 +140,7 @@ def test_overwrite_replaces_the_model_whole_and_only_when_written(model, stars, 
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(calibration, "fit_calibration", interrupted)
+        patch.setattr(pipeline, "fit_calibration", interrupted)
         code, _, err = run(capsys, "train", stars, "-o", m, *TRAIN, "--overwrite", "--latent-dim", "2")
     assert code != 0 and "interrupted" in err
     assert snapshot(m) == before and sorted(p.name for p in tmp_path.iterdir()) == ["m"]   # nothing staged is left
@@ -153,7 +154,7 @@ def test_overwrite_replaces_the_model_whole_and_only_when_written(model, stars, 
 
 
 def test_keep_state_then_resume_and_an_interrupted_run_keeps_its_state(stars, tmp_path, capsys, monkeypatch):
-    import specae.calibration as calibration
+    import specae.pipeline as pipeline
 
     m = tmp_path / "m"
     code, out, _ = run(capsys, "train", stars, "-o", m, *TRAIN, "--epochs", "1", "--keep-state")
@@ -170,7 +171,7 @@ def test_keep_state_then_resume_and_an_interrupted_run_keeps_its_state(stars, tm
 
     fresh = tmp_path / "fresh"
     with monkeypatch.context() as patch:
-        patch.setattr(calibration, "fit_calibration", interrupted)
+        patch.setattr(pipeline, "fit_calibration", interrupted)
         assert run(capsys, "train", stars, "-o", fresh, *TRAIN, "--epochs", "1")[0] != 0
     assert (fresh / "train_state.pt").is_file() and not (fresh / "MODEL.md").exists()
     code, _, err = run(capsys, "train", stars, "-o", fresh, *TRAIN, "--epochs", "2", "--resume")

@@ -10,7 +10,7 @@ from astropy.table import Table
 
 from specae import __version__
 from specae.cli import main
-from specae.data.hdf5 import FORMAT_VERSION, H5Spectra, read_h5, write_h5
+from specae.data.hdf5 import FORMAT_VERSION, read_h5, write_h5
 from specae.data.readers import FLUX_UNIT
 from specae.data.resample import loglam_grid
 from specae.data.synthetic import add_noise, stellar_spectra
@@ -212,7 +212,7 @@ def test_plot_axes_say_the_flux_unit_and_the_frame(d, tmp_path, capsys):
 
 
 # -- names ----------------------------------------------------------------------------------------------------------
-def test_old_result_names_are_read_with_a_warning(d, tmp_path, capsys):
+def test_old_prediction_names_are_read_with_a_warning(d, tmp_path, capsys):
     truth = read_h5(d / "train.h5")[:5]
     write_h5(truth, tmp_path / "truth.h5")
     with h5py.File(tmp_path / "old.h5", "w") as f:   # specae predict's layout in format 1
@@ -220,12 +220,7 @@ def test_old_result_names_are_read_with_a_warning(d, tmp_path, capsys):
         f["ids"] = truth.ids.astype(object)
         f["labels/TEFF"] = truth.labels["TEFF"] + 50.0
         f["labels_sigma/TEFF"] = np.full(5, 100.0)
-        f["z_mean"] = np.arange(10.0).reshape(5, 2)
     code, out, err = run(capsys, "plot", "calibration", tmp_path / "old.h5", tmp_path / "truth.h5",
                          "-o", tmp_path / "cal.png")
     assert code == 0 and "calibration of TEFF" in out and (tmp_path / "cal.png").is_file()
     assert "older specae" in err and "predicted/ and predicted_sigma/" in err and err.count("\n") == 1
-    with h5py.File(tmp_path / "old.h5", "a") as f:
-        f["wave"], f["flux"], f["ivar"] = WAVE, np.ones((5, WAVE.size)), np.ones((5, WAVE.size))
-    with H5Spectra(tmp_path / "old.h5") as h5, pytest.warns(UserWarning, match="read 'z_mean' as 'latent_mean'"):
-        np.testing.assert_array_equal(h5.read_extra("latent_mean"), np.arange(10.0).reshape(5, 2))

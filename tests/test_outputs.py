@@ -1,4 +1,4 @@
-"""Outputs never overwrite or modify inputs (specae.paths): every command that writes files refuses, before any
+"""Outputs never overwrite or modify inputs (specae.plumbing): every command that writes files refuses, before any
 work, an output that is an input, a link to one, a batch directory that would receive an input under its own
 name, or an empty path; and the path handling around it (literal paths before globs, colliding names)."""
 
@@ -16,7 +16,7 @@ from specae.data.hdf5 import write_h5
 from specae.data.resample import loglam_grid
 from specae.data.spectra import Spectra
 from specae.errors import SpecaeError
-from specae.paths import expand_paths
+from specae.plumbing import expand_paths
 from tests.conftest import shared_dir
 
 SAME, EMPTY, COLLIDE = "would replace the input", "output path is empty", "would collide"

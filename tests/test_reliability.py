@@ -209,7 +209,7 @@ def test_calibration_within_seconds_takes_fewer_pixels_and_stops_at_the_deadline
     from time import monotonic
 
     from specae.calibration import START, fit_calibration
-    from specae.models.checkpoint import load_model
+    from specae.model_dir import load_model
 
     m, spectra = load_model(model), read_h5(files["stars"])
     t = monotonic()
@@ -227,16 +227,16 @@ def test_calibration_within_seconds_takes_fewer_pixels_and_stops_at_the_deadline
 
 
 def test_max_minutes_covers_calibration_and_is_recorded(files, tmp_path, capsys, monkeypatch):
-    import specae.calibration as calibration
+    import specae.pipeline as pipeline
 
     seen = {}
-    fit = calibration.fit_calibration
+    fit = pipeline.fit_calibration
 
     def timed(*args, seconds=None, **kw):
         seen["seconds"] = seconds
         return fit(*args, seconds=seconds, **kw)
 
-    monkeypatch.setattr(calibration, "fit_calibration", timed)
+    monkeypatch.setattr(pipeline, "fit_calibration", timed)
     code, out, _ = run(capsys, "train", files["stars"], "-o", tmp_path / "m", "--max-minutes", "0.05",
                        "--latent-dim", "3", "--quiet")
     assert code == 0 and "error model calibrated" in out
@@ -248,12 +248,12 @@ def test_max_minutes_covers_calibration_and_is_recorded(files, tmp_path, capsys,
 
 
 def test_an_interrupted_calibration_leaves_a_model_denoise_refuses(files, tmp_path, capsys, monkeypatch):
-    import specae.calibration as calibration
+    import specae.pipeline as pipeline
 
     def interrupted(*args, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(calibration, "fit_calibration", interrupted)
+    monkeypatch.setattr(pipeline, "fit_calibration", interrupted)
     code, _, err = run(capsys, "train", files["stars"], "-o", tmp_path / "m", "--epochs", "1", "--latent-dim", "3",
                        "--quiet")
     assert code != 0 and "interrupted" in err and "Traceback" not in err

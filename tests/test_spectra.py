@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from specae.data.resample import loglam_grid, parse_grid
 from specae.data.spectra import Spectra
+from specae.data.tensors import to_batch, window_mask
 from specae.errors import SpecaeError
 
 
@@ -73,18 +74,20 @@ def test_select_concatenate_split():
         Spectra.concatenate([s, Spectra(s.wave * 1.01, s.flux, s.ivar)])
 
 
-def test_normalise_keeps_scale():
+def test_model_space_keeps_the_scale_that_to_original_units_undoes():
     s = make()
-    s2 = Spectra(s.wave, s.flux * np.array([[1.0], [10.0], [100.0], [0.5]]), s.ivar)
-    n = s2.normalise()
+    s2 = Spectra(s.wave, s.flux * np.array([[1.0], [10.0], [100.0], [0.5]]), s.ivar, scale=[1.0, 1.0, 2.0, 1.0])
+    b, scale = to_batch(s2)
+    n = Spectra(s2.wave, b.x.numpy(), b.ivar.numpy(), scale=scale)
     assert np.allclose(np.median(n.flux, axis=1), 1.0, atol=1e-6)
-    assert np.allclose(n.to_original_units(n.flux), s2.flux, rtol=1e-5)
-    assert np.allclose(n.ivar * n.scale[:, None] ** -2, s2.ivar, rtol=1e-5)
-    w = s2.normalise(window=(4200, 4400))
+    assert np.allclose(scale / s2.scale, np.median(s2.flux, axis=1), rtol=1e-6)
+    assert np.allclose(n.to_original_units(n.flux), s2.to_original_units(s2.flux), rtol=1e-5)
+    assert np.allclose(n.ivar * (scale / s2.scale)[:, None] ** -2, s2.ivar, rtol=1e-5)
+    w, _ = to_batch(s2, window_mask(s2.wave, (4200, 4400)))
     inside = (s.wave >= 4200) & (s.wave <= 4400)
-    assert np.allclose(np.median(w.flux[:, inside], axis=1), 1.0, atol=1e-6)
+    assert np.allclose(np.median(w.x.numpy()[:, inside], axis=1), 1.0, atol=1e-6)
     with pytest.raises(SpecaeError, match="window"):
-        s2.normalise(window=(9000, 9100))
+        window_mask(s2.wave, (9000, 9100))
 
 
 @settings(max_examples=40, deadline=None)

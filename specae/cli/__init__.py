@@ -2,18 +2,20 @@
 
 One module per group of commands, each with a `register(subparsers)`; this module only assembles them
 and turns user errors (SpecaeError) into one line on stderr and exit code 2. Before a command runs, its
-outputs are checked against its inputs (`refuse_overwrites`, specae.paths); they are written atomically
+outputs are checked against its inputs (`refuse_overwrites`, specae.plumbing); they are written atomically
 by the functions the commands call.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import signal
 import sys
 import warnings
+from dataclasses import fields
 
 from specae.errors import SpecaeError
 
@@ -77,6 +79,37 @@ def directory(text: str) -> str:
     return text
 
 
+class _ConfigDefault:
+    """The default of field `name` of the config dataclass `path` ("module.Class"), read when help is shown
+    (argparse expands %(config_default)s): the configs' modules import torch, which every command would otherwise
+    wait for."""
+
+    def __init__(self, path: str, name: str):
+        self.path, self.name = path, name
+
+    def __str__(self) -> str:
+        module, cls = self.path.rsplit(".", 1)
+        return str({f.name: f.default for f in fields(getattr(importlib.import_module(module), cls))}[self.name])
+
+
+def config_option(p, config: str, name: str, *flags: str, help: str = "", **kw) -> None:
+    """Add option `flags` (default --NAME, dashed) for field `name` of the config dataclass `config`
+    ("module.Class"), whose default is stated there only: the option is None unless given (the dataclass's
+    default then applies, or on --resume the run's own), and its help ends with that default. `config_values`
+    reads the given ones back."""
+    action = p.add_argument(*(flags or (f"--{name.replace('_', '-')}",)), dest=name, default=None,
+                            help=f"{help}{' ' if help else ''}(default %(config_default)s)", **kw)
+    action.config_default = _ConfigDefault(config, name)
+    p.set_defaults(config_fields=(*(p.get_default("config_fields") or ()), name))
+
+
+def config_values(args, cls, *same_named: str) -> dict:
+    """{field: value} of the config dataclass `cls` for the options of `config_option` given on the command line (not
+    None), and for the options named `same_named` (say "device", whose option serves commands without a config)."""
+    names = {*getattr(args, "config_fields", ()), *same_named}
+    return {f.name: getattr(args, f.name) for f in fields(cls) if f.name in names and getattr(args, f.name) is not None}
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line like every other error (exit code 2, as argparse's)."""
 
@@ -118,7 +151,7 @@ def refuse_overwrites(args) -> None:
     """Refuse outputs that would replace or modify an input, before the command does any work. Commands
     that write one output per input file (`batch` set) have each of those checked too."""
     from specae.inputs import input_outputs
-    from specae.paths import refuse_inputs
+    from specae.plumbing import refuse_inputs
 
     given = [getattr(args, k, None) for k in INPUTS]
     refuse_inputs([getattr(args, k, None) for k in OUTPUTS],

@@ -9,7 +9,7 @@ def _convert(args) -> None:
     from specae.data.hdf5 import write_h5
     from specae.data.readers import parse_mask_bits, read_many
     from specae.data.resample import parse_grid
-    from specae.paths import expand_paths
+    from specae.plumbing import expand_paths
 
     wave = None
     if args.grid and args.grid_from:

@@ -146,7 +146,7 @@ def _score(args) -> None:
 
 def _latent(args) -> None:
     from specae.images.checkpoint import load_gan
-    from specae.images.latent import write_latent_figures
+    from specae.images.figures import write_latent_figures
 
     out = Path(args.output)
     _output(out)

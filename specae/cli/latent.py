@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from specae.cli import at_least_two, directory, fraction, non_negative, non_negative_int, positive, positive_int, seed
+from specae.cli import (at_least_two, config_option, config_values, directory, fraction, non_negative, non_negative_int,
+                        positive, positive_int, seed)
 from specae.cli.model import DATA_HELP, OUTPUT_HELP, add_runtime_options, load_for_inference, run_files
 from specae.errors import SpecaeError
 
@@ -36,47 +37,8 @@ def _floats(text: str) -> np.ndarray:
         raise SpecaeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
-def encode_files(model, paths, posterior: str, batch_size=None, names=None, max_rows: int | None = None):
-    """Latent posteriors of the spectra in `paths`, read block by block: (Latents, labels {name: (N,)},
-    ids (N,)). Labels `names` (default: the numeric labels all files share) must be in every file; only
-    the first `max_rows` rows are read if given. FITS files are read together onto the model's grid
-    (specae.inputs). Spectra without a valid pixel are left out (counted in a warning: their latents are no
-    estimate)."""
-    from specae.denoise import Latents, encode
-    from specae.errors import one_count_warning
-    from specae.inputs import spectrum_inputs
-    from specae.regress import label_column, numeric_labels
-
-    means, covs, labels, ids, kind, total = [], [], [], [], posterior, 0
-    with one_count_warning():   # one for all blocks and files
-        for src in spectrum_inputs(paths, model.wave):
-            for part in src.blocks():
-                if max_rows is not None and total >= max_rows:
-                    break
-                part = part[: None if max_rows is None else max_rows - total]
-                wanted = numeric_labels(part.labels) if names is None else names
-                try:
-                    labels.append({n: label_column(part.labels, n, len(part)) for n in wanted})
-                except SpecaeError as e:
-                    raise SpecaeError(f"{src.name}: {e}") from None
-                lat = encode(model, part, posterior, batch_size)
-                means.append(lat.mean)
-                covs.append(lat.cov)
-                ids.append(part.ids)
-                kind, total = lat.kind, total + len(part)
-    if total == 0:
-        raise SpecaeError(f"{', '.join(map(str, paths))}: no spectra")
-    common = [n for n in labels[0] if all(n in d for d in labels)]
-    mean = np.concatenate(means)
-    keep = np.isfinite(mean).all(1)
-    if not keep.any():
-        raise SpecaeError(f"{', '.join(map(str, paths))}: no spectra with a valid pixel")
-    return (Latents(mean[keep], np.concatenate(covs)[keep], kind),
-            {n: np.concatenate([d[n] for d in labels])[keep] for n in common}, np.concatenate(ids)[keep])
-
-
 def _directions(args) -> None:
-    from specae.latent import directions, save_directions
+    from specae.latent import directions, encode_files, save_directions
     from specae.regress import model_fingerprint
 
     model = load_for_inference(args)
@@ -91,7 +53,8 @@ def _directions(args) -> None:
 
 
 def _regress(args) -> None:
-    from specae.regress import LabelRegressor, RegressorConfig, model_fingerprint
+    from specae.latent import encode_files
+    from specae.regress import LabelRegressor, RegressorConfig
 
     model = load_for_inference(args)
     names = _names(args.labels)
@@ -102,13 +65,12 @@ def _regress(args) -> None:
     if args.calibration:
         cal_lat, cal_labels, _ = encode_files(model, args.calibration, args.posterior, args.batch_size, list(labels))
         calibration = (cal_lat, np.stack(list(cal_labels.values()), 1))
-    cfg = RegressorConfig(kind=args.kind, holdout=args.holdout, epochs=args.epochs, max_minutes=args.max_minutes,
-                          seed=args.seed, device=args.device, posterior=args.posterior, progress=not args.quiet)
-    reg = LabelRegressor(cfg).fit_latents(lat, np.stack(list(labels.values()), 1), list(labels), calibration)
-    reg.fingerprint_ = model_fingerprint(model)
+    cfg = RegressorConfig(**config_values(args, RegressorConfig, "device", "posterior"), max_minutes=args.max_minutes,
+                          progress=not args.quiet)
+    reg = LabelRegressor(cfg).fit_latents(lat, np.stack(list(labels.values()), 1), list(labels), calibration, model)
     reg.save(args.output)
     m = reg.metrics_
-    print(f"{args.kind} map of {len(labels)} labels fitted on {m['n_train']} spectra, calibrated on "
+    print(f"{cfg.kind} map of {len(labels)} labels fitted on {m['n_train']} spectra, calibrated on "
           f"{m['n_calibration']}: " + ", ".join(f"{k} R^2 {m[k]['r2']:.3f}, {100 * m[k]['coverage_1sigma']:.0f} % "
                                               f"within 1 sigma" for k in labels) + f"; saved in {args.output}")
 
@@ -131,7 +93,7 @@ def _predict(args) -> None:
 
 
 def _score(args) -> None:
-    from specae.latent import LatentDensity, outlier_scores
+    from specae.latent import LatentDensity, encode_files, outlier_scores
 
     model = load_for_inference(args)
     density, where = LatentDensity(), "the prior N(0, I)"
@@ -151,6 +113,7 @@ def _score(args) -> None:
 
 
 def _plot_latent(args) -> None:
+    from specae.latent import encode_files
     from specae.plots import plot_latent_space
 
     model = load_for_inference(args)
@@ -234,7 +197,7 @@ def _plot_denoised(args) -> None:
             raise SpecaeError(f"{args.truth}: its spectra are not on the model's grid ({truth.shape[1]} pixels, "
                               f"the model has {spectra.npix})")
     d = denoise(model, spectra, posterior=args.posterior)
-    plot_denoised(args.output, d.wave, spectra.flux * spectra.scale[:, None], d.flux, d.sigma, truth, spectra.mask,
+    plot_denoised(args.output, d.wave, spectra.to_original_units(spectra.flux), d.flux, d.sigma, truth, spectra.mask,
                   list(spectra.ids), flux_unit=spectra.meta["flux_unit"], frame=spectra.meta["frame"])
     print(f"{len(rows)} denoised spectra in {args.output}")
 
@@ -327,15 +290,15 @@ def register(sub) -> None:
     _model_options(r, "labelled spectra (NaN = missing, skipped for that label)")
     r.add_argument("-o", "--output", type=directory, required=True, metavar="REG", help="regressor directory (created)")
     r.add_argument("--labels", metavar="A,B", help="labels to fit (default: every numeric label)")
-    r.add_argument("--kind", choices=("mlp", "ridge"), default="mlp",
-                   help="mlp: mean and variance per label (default); ridge: linear")
+    reg = "specae.regress.RegressorConfig"
+    config_option(r, reg, "kind", choices=("mlp", "ridge"), help="mlp: mean and variance per label; ridge: linear")
     r.add_argument("--calibration", nargs="+", metavar="CAL.h5",
                    help="labelled spectra the VAE did not train on, to calibrate sigma (default: --holdout of DATA)")
-    r.add_argument("--holdout", type=fraction, default=0.2, metavar="F",
-                   help="fraction of DATA held out to calibrate sigma when no --calibration is given")
-    r.add_argument("--epochs", type=positive_int, default=200, metavar="N")
+    config_option(r, reg, "holdout", type=fraction, metavar="F",
+                  help="fraction of DATA held out to calibrate sigma when no --calibration is given")
+    config_option(r, reg, "epochs", type=positive_int, metavar="N")
     r.add_argument("--max-minutes", type=positive, default=None, metavar="M")
-    r.add_argument("--seed", type=seed, default=0, metavar="S")
+    config_option(r, reg, "seed", type=seed, metavar="S")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_regress)
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from specae.cli import decay, directory, non_negative, non_negative_int, positive, positive_int, seed
+from specae.cli import (config_option, config_values, decay, directory, non_negative, non_negative_int, positive,
+                        positive_int, seed)
 
 DATA_HELP = ("; specae HDF5 files (one output each), or survey FITS files (SDSS, DESI, APOGEE...), read together "
              "onto the model's grid as one set with one output")
 OUTPUT_HELP = ("output file: .fits or .ecsv a table astropy opens (one row per spectrum, built in memory), else "
                "specae HDF5; or a directory for several HDF5 inputs (outputs already there are skipped)")
-IN_MEMORY_BYTES = 1 << 30   # training sets up to this size (flux + ivar) are held in memory; larger ones stream
 
 
 def add_runtime_options(p) -> None:
@@ -31,7 +31,7 @@ def add_runtime_options(p) -> None:
 def load_for_inference(args):
     """The model of `args.model` on the requested device."""
     from specae.engine.runtime import resolve_device
-    from specae.models.checkpoint import load_model
+    from specae.model_dir import load_model
 
     return load_model(args.model).to(resolve_device(args.device))
 
@@ -39,46 +39,30 @@ def load_for_inference(args):
 def _train(args) -> None:
     import torch.distributed as dist
 
-    from specae.data.hdf5 import H5Spectra, read_h5
-    from specae.data.sources import expand_paths
     from specae.data.spectra import Spectra
-    from specae.models.checkpoint import refuse_existing
+    from specae.model_dir import refuse_existing
     from specae.models.config import ModelConfig
-    from specae.train import TrainConfig, fit_calibrated, resumed_config
+    from specae.pipeline import fit_calibrated
+    from specae.train import TrainConfig, resumed_config, training_data
 
     refuse_existing(args.output, args.resume, args.overwrite)   # before any work
-    # settings not given (None) are ModelConfig's and TrainConfig's defaults, or when resuming the run's own
-    given_model = {k: v for k, v in dict(kind=args.model, latent_dim=args.latent_dim, decoder=args.decoder,
-                                         redshift=args.redshift).items() if v is not None}
-    given = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, ema=args.ema, beta_nll=args.beta_nll,
-                                   seed=args.seed).items() if v is not None}
-    if "ema" in given:
-        given["ema"] = given["ema"] or None   # --ema 0: the weights themselves
-    given |= dict(epochs=args.epochs, max_minutes=args.max_minutes, device=args.device, precision=args.precision,
-                  distributed=args.distributed, num_workers=args.workers, progress=not args.quiet)
+    # settings not given are ModelConfig's and TrainConfig's defaults, or when resuming the run's own; a time budget
+    # is this invocation's (none given: none, on --resume too)
+    given_model = config_values(args, ModelConfig, "redshift")
+    given = config_values(args, TrainConfig, "device", "precision", "distributed") | {"max_minutes": args.max_minutes,
+                                                                                        "progress": not args.quiet}
+    if given.get("ema") == 0:
+        given["ema"] = None   # --ema 0: the weights themselves
     train_cfg = resumed_config(args.output, given_model, given) if args.resume else TrainConfig(**given)
-    paths = expand_paths(args.data)
-    val_paths = expand_paths(args.val) if args.val else None
-    size = 0
-    for p in paths:
-        with H5Spectra(p) as h5:
-            n, npix = h5.shape
-            size += 8 * n * npix
-    stream = args.stream or size > IN_MEMORY_BYTES
-    if stream:
-        train, val = paths, val_paths
-    else:
-        train = Spectra.concatenate([read_h5(p) for p in paths])
-        val = Spectra.concatenate([read_h5(p) for p in val_paths]) if val_paths else None
-    model_cfg = ModelConfig(npix=npix, **given_model)
-    model, history = fit_calibrated(train, val, model_cfg, train_cfg, out_dir=args.output, resume=args.resume,
-                                    files=[Path(p).name for p in paths], keep_state=args.keep_state,
+    train, val, files = training_data(args.data, args.val, args.stream)
+    model, history = fit_calibrated(train, val, ModelConfig(**given_model), train_cfg, out_dir=args.output,
+                                    resume=args.resume, files=files, keep_state=args.keep_state,
                                     overwrite=args.overwrite)
     if dist.is_initialized() and dist.get_rank() != 0:
         return   # rank 0 calibrated and prints
     cal = model.calibration
     print(f"trained {model.cfg.kind} on {history['n_train']} spectra ({history['n_val']} for validation"
-          + (f", streamed from {len(paths)} file(s)" if stream else "") + f"): best val chi2/dof "
+          + ("" if isinstance(train, Spectra) else f", streamed from {len(files)} file(s)") + f"): best val chi2/dof "
           f"{history['best_val_chi2_dof']:.4f} at epoch {history['best_epoch'] + 1}, stopped by {history['stopped']}; "
           f"error model calibrated on {cal.n_pixels} validation pixels; model in {args.output}"
           + (" (training state kept for --resume)" if args.keep_state else ""))
@@ -90,8 +74,8 @@ def _calibrate(args) -> None:
     from specae.calibration import FITTED
     from specae.engine.loop import load_history
     from specae.inputs import read_all
-    from specae.models.checkpoint import save_model
-    from specae.train import calibrate_and_check
+    from specae.model_dir import save_model
+    from specae.pipeline import calibrate_and_check
 
     model = load_for_inference(args)
     run = Path(args.model) / "history.json"
@@ -109,7 +93,7 @@ def _info(args) -> None:
     from specae.checkpoints import require_files
     from specae.engine.loop import load_history
     from specae.models.card import CARD, model_card
-    from specae.models.checkpoint import load_model
+    from specae.model_dir import load_model
 
     d = Path(args.model)
     require_files(d, ("config.json", "weights.pt"), "model")
@@ -167,26 +151,23 @@ def _denoise(args) -> None:
 
 
 def _heldout(args) -> None:
-    from specae.denoise import heldout
+    from specae.denoise import heldout, pool
 
     model = load_for_inference(args)
-    pooled = {"n": 0, "in1": 0.0, "in2": 0.0, "chi2": 0.0}
+    parts = []
 
     def fn(part):
         h = heldout(model, part, passes=args.passes, seed=args.seed, batch_size=args.batch_size,
                     posterior=args.posterior, precision=args.precision)
-        n, in1, in2, chi2 = h.n, h.within(1), h.within(2), h.chi2_dof()
-        pooled["n"] += int(n.sum())
-        for key, per in (("in1", in1), ("in2", in2), ("chi2", chi2)):
-            pooled[key] += float(np.nansum(per * n))
-        return {"heldout_pull": h.z.astype(np.float32), "heldout_chi2_dof": chi2,
-                "heldout_within_1sigma": in1, "heldout_within_2sigma": in2, "n_heldout": n}
+        parts.append(h.pooled())
+        return {"heldout_pull": h.z.astype(np.float32), "heldout_chi2_dof": h.chi2_dof(),
+                "heldout_within_1sigma": h.within(1), "heldout_within_2sigma": h.within(2), "n_heldout": h.n}
 
     run_files(args, model, fn, f"specae heldout ({args.posterior} posterior, {args.passes} passes)", wave=model.wave,
               verb="checked")
-    n = max(pooled["n"], 1)
-    print(f"{pooled['n']} held-out pixels: {100 * pooled['in1'] / n:.1f} % inside +-1 sigma (68.3 % if calibrated), "
-          f"{100 * pooled['in2'] / n:.1f} % inside +-2 sigma (95.4 %), chi2/dof {pooled['chi2'] / n:.3f}")
+    p = pool(parts)
+    print(f"{p['pixels']} held-out pixels: {100 * p['within_1sigma']:.1f} % inside +-1 sigma (68.3 % if calibrated), "
+          f"{100 * p['within_2sigma']:.1f} % inside +-2 sigma (95.4 %), chi2/dof {p['chi2_dof']:.3f}")
 
 
 def _encode(args) -> None:
@@ -207,7 +188,8 @@ def _encode(args) -> None:
 def _demo(args) -> None:
     from specae.demo import run_demo
 
-    print(run_demo(args.output, minutes=args.max_minutes, seed=args.seed))
+    epochs = {} if args.epochs is None else {"epochs": args.epochs}   # default: run_demo's
+    print(run_demo(args.output, seed=args.seed, max_minutes=args.max_minutes, **epochs))
 
 
 def _inputs(p, help_text: str, kinds=("laplace", "decoder")) -> None:
@@ -233,21 +215,21 @@ def register(sub) -> None:
     t.add_argument("--val", nargs="+", metavar="VAL.h5", default=None,
                    help="validation files (default: a random tenth of the training spectra)")
     # settings left unset (None) take ModelConfig's/TrainConfig's defaults, or on --resume the run's own
-    t.add_argument("--model", choices=("vae", "ae"), default=None, help="default vae")
-    t.add_argument("--latent-dim", type=positive_int, default=None, metavar="K", help="default 6")
-    t.add_argument("--decoder", choices=("mlp", "conv"), default=None, help="default mlp")
-    t.add_argument("--epochs", type=positive_int, default=200, metavar="N")
+    model_cfg, train_cfg = "specae.models.config.ModelConfig", "specae.train.TrainConfig"
+    config_option(t, model_cfg, "kind", "--model", choices=("vae", "ae"))
+    config_option(t, model_cfg, "latent_dim", type=positive_int, metavar="K")
+    config_option(t, model_cfg, "decoder", choices=("mlp", "conv"))
+    config_option(t, train_cfg, "epochs", type=positive_int, metavar="N")
     t.add_argument("--max-minutes", type=positive, default=None, metavar="M", help="wall-clock budget")
-    t.add_argument("--batch-size", type=positive_int, default=None, metavar="B",
-                   help="global batch (all ranks; default 64)")
-    t.add_argument("--lr", type=positive, default=None, metavar="LR", help="learning rate (default 1e-3)")
-    t.add_argument("--ema", type=decay, default=None, metavar="DECAY",
-                   help="decay of the moving average of the weights that is validated and kept (default 0.99; "
-                        "0: the weights themselves)")
-    t.add_argument("--beta-nll", type=non_negative, default=None, metavar="BETA",
-                   help="weight each pixel's likelihood by (1 + sigma_model^2 ivar)^BETA, so the model cannot "
-                        "explain a hard feature away by widening its scatter (default 1; 0: the plain likelihood)")
-    t.add_argument("--seed", type=seed, default=None, metavar="S", help="default 0")
+    config_option(t, train_cfg, "batch_size", type=positive_int, metavar="B", help="global batch (all ranks)")
+    config_option(t, train_cfg, "lr", type=positive, metavar="LR", help="learning rate")
+    config_option(t, train_cfg, "ema", type=decay, metavar="DECAY",
+                  help="decay of the moving average of the weights that is validated and kept (0: the weights "
+                       "themselves)")
+    config_option(t, train_cfg, "beta_nll", type=non_negative, metavar="BETA",
+                  help="weight each pixel's likelihood by (1 + sigma_model^2 ivar)^BETA, so the model cannot explain "
+                       "a hard feature away by widening its scatter (0: the plain likelihood)")
+    config_option(t, train_cfg, "seed", type=seed, metavar="S")
     again = t.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
                        help="continue the run saved in MODEL (trained with --keep-state, or interrupted), on the "
@@ -262,8 +244,8 @@ def register(sub) -> None:
                    help="decode in the rest frame, shifting by this label's redshift")
     t.add_argument("--stream", action="store_true",
                    help="stream the training files by row blocks even when they would fit in memory")
-    t.add_argument("--workers", type=non_negative_int, default=2, metavar="W",
-                   help="DataLoader workers when streaming")
+    config_option(t, train_cfg, "num_workers", "--workers", type=non_negative_int, metavar="W",
+                  help="DataLoader workers when streaming")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel training under torchrun (NCCL on GPUs, gloo on CPUs)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -309,6 +291,11 @@ def register(sub) -> None:
 
     m = sub.add_parser("demo", help="generate the bundled synthetic set, train a small VAE, denoise, plot")
     m.add_argument("-o", "--output", type=directory, default="specae-demo", metavar="DIR")
-    m.add_argument("--max-minutes", type=positive, default=1.0, metavar="M")
+    m.add_argument("--epochs", type=positive_int, default=None, metavar="E",
+                   help="epochs to train (default: about a minute on 2 idle CPU cores); a count, so a seed gives the "
+                        "same figures on any machine")
+    m.add_argument("--max-minutes", type=positive, default=None, metavar="M",
+                   help="cap training and calibration at M minutes (default: no cap; with one, the figures depend on the "
+                        "machine's speed)")
     m.add_argument("--seed", type=seed, default=0, metavar="S")
     m.set_defaults(func=_demo)

@@ -13,7 +13,7 @@ Extra (N, npix) or (N, K) arrays (e.g. `flux_sigma`, `latent_mean`) may be writt
 
 Layout for streaming: the per-spectrum arrays are chunked by whole rows, at most 1 MiB a chunk (so a
 chunk fits h5py's default 1 MiB chunk cache and batches that straddle chunks decode each chunk once),
-and `row_chunk` tells readers the block to align to. flux and ivar are stored uncompressed, the mask
+and `H5Spectra.chunk_rows` tells readers the block to align to. flux and ivar are stored uncompressed, the mask
 with gzip level 1. Measured on 20000 x 3921 noisy float32 spectra (flux + ivar, 627 MB raw; 1 MiB
 chunks of 66 rows), reading chunk-aligned row blocks in random order from the page cache, one core:
 
@@ -35,12 +35,7 @@ no reader above the library can prevent that.
 
 from __future__ import annotations
 
-import errno
-import glob
-import os
-import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -50,72 +45,15 @@ import numpy as np
 from specae.data.resample import checked_grid
 from specae.data.spectra import Spectra
 from specae.errors import SpecaeError, about, first_line
+from specae.plumbing import atomic_path
 
 FORMAT_VERSION = 2   # 2: results renamed (latent_mean, heldout_pull, predicted/); the spectra as in 1
 _META_KEYS = ("flux_unit", "source", "frame")
-# results renamed in format 2 (new name: old name), still read from older files with a warning
-RENAMED = {"latent_mean": "z_mean", "latent_std": "z_std", "latent_cov": "z_cov", "heldout_pull": "heldout_z"}
 CHUNK_BYTES = 1 << 20                      # upper bound of one row chunk of flux (float32)
 WAVE_NAMES = ("wave", "wavelength", "lambda", "lam", "loglam")   # Angstrom; loglam in log10(Angstrom)
 SIGMA_NAMES = ("error", "err", "sigma", "flux_err")              # 1-sigma flux errors, instead of ivar
 # h5py raises these for damaged files, depending on where the damage lies
 _H5_ERRORS = (OSError, KeyError, ValueError, RuntimeError)
-
-
-@contextmanager
-def atomic_path(path) -> Iterator[Path]:
-    """Yield a temporary name beside `path`; rename it onto `path` only if the block succeeds.
-
-    The temporary name carries the writer's process id (`.NAME.PID.<random>.tmp`, from mkstemp), so
-    temporaries left by a killed writer are recognised and removed by the next write of the same output. A
-    full disk, a read-only or unwritable directory becomes a one-line SpecaeError naming `path`.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise SpecaeError(f"{path}: output directory {path.parent} does not exist")
-    _remove_stale_temporaries(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise SpecaeError(f"{path}: cannot write here ({_os_reason(e)})") from None
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.errno is None:
-            raise
-        raise SpecaeError(f"{path}: cannot write here ({_os_reason(e)})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _os_reason(e: OSError) -> str:
-    """A short reason for an OSError, with advice for the usual ones."""
-    advice = {errno.ENOSPC: "no space left on the device; free some or write elsewhere",
-              errno.EDQUOT: "disk quota exceeded; free some or write elsewhere",
-              errno.EROFS: "read-only file system; write elsewhere",
-              errno.EACCES: "permission denied; write to a directory you can write to",
-              errno.EPERM: "operation not permitted; write to a directory you can write to"}
-    return advice.get(e.errno, e.strerror or type(e).__name__)
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Delete `.NAME.PID.*.tmp` files beside `path` whose writer process no longer exists."""
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        parts = tmp.name[len(path.name) + 2:].split(".")
-        if not parts or not parts[0].isdigit():
-            continue
-        try:
-            os.kill(int(parts[0]), 0)          # signal 0: does the writer still run?
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass                               # another user's live process
 
 
 def default_chunk_rows(npix: int) -> int:
@@ -294,16 +232,6 @@ class H5Spectra:
             return (np.atleast_2d if ndim == 2 else np.atleast_1d)(ds[()])[rows]
         return ds[rows]
 
-    def read_extra(self, name: str, rows=slice(None)) -> np.ndarray:
-        """An extra dataset (e.g. 'flux_sigma', 'latent_mean') by name; in a file of format 1, by its old name."""
-        old = RENAMED.get(name)
-        if name not in self._f and old in self._f:
-            warnings.warn(f"{self.path}: read '{old}' as '{name}' (renamed in specae HDF5 format 2)", stacklevel=2)
-            name = old
-        if name not in self._f:
-            raise SpecaeError(f"{self.path}: no dataset '{name}'")
-        return self._f[name][rows]
-
     def batches(self, batch_size: int) -> Iterator[Spectra]:
         for start in range(0, len(self), batch_size):
             yield self.read(slice(start, start + batch_size))
@@ -328,12 +256,6 @@ def iter_h5(path, batch_size: int = 1024) -> Iterator[Spectra]:
     """Yield the file's spectra in batches of `batch_size` rows, reading lazily."""
     with H5Spectra(path) as h5:
         yield from h5.batches(batch_size)
-
-
-def row_chunk(path) -> int:
-    """Rows per chunk of the file's flux (see `H5Spectra.chunk_rows`), to align streamed reads to."""
-    with H5Spectra(path) as h5:
-        return h5.chunk_rows
 
 
 def _sigma_to_ivar(sigma: np.ndarray) -> np.ndarray:

@@ -1,9 +1,9 @@
 """Readers for survey spectrum files: SDSS/BOSS spec and spec-lite, DESI coadds and stacks, APOGEE, LAMOST.
 
-Each reader returns a :class:`Spectra` (wave in Angstrom, flux/ivar of shape (N, npix)). Formats are
+Each reader returns a :class:`.Spectra` (wave in Angstrom, flux/ivar of shape (N, npix)). Formats are
 recognised from a file's HDUs and headers, never its name (`specae.data.surveys.detect`); each survey has its
 module in `specae.data.surveys`. Anything wrong with a file (missing, not FITS, not a spectrum, a column
-missing, damaged or truncated) raises :class:`SpecaeError` with one line naming the file; masked bad pixels
+missing, damaged or truncated) raises :class:`.SpecaeError` with one line naming the file; masked bad pixels
 give one warning naming it, and a spectrum of which the survey's flags mask more than 40 % of the pixels a
 warning naming it and its file. Which flag bits mask a pixel: `mask_bits` (see `parse_mask_bits`). Files are
 opened read-only.
@@ -52,8 +52,8 @@ def read_spectra(path, exposures: bool = False, mask_bits=None) -> Spectra:
     """Read any supported spectrum file, dispatching on :func:`detect_format`.
 
     exposures: SDSS/BOSS full spec files only: one spectrum per exposure instead of the coadd (see
-    :func:`read_sdss`). mask_bits: which flag bits mask a pixel, per survey: None (each survey's documented
-    default), `SURVEY=BITS` text(s) (:func:`parse_mask_bits`) or a dict survey -> int.
+    :func:`.read_sdss`). mask_bits: which flag bits mask a pixel, per survey: None (each survey's documented
+    default), `SURVEY=BITS` text(s) (:func:`.parse_mask_bits`) or a dict survey -> int.
     """
     bits = resolve_mask_bits(mask_bits)
     with open_fits(path) as hdul:

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from specae.errors import SpecaeError
-from specae.paths import expand_paths
+from specae.plumbing import expand_paths, mix_seed
 
 Tensors = dict[str, torch.Tensor]
 
@@ -66,11 +66,6 @@ class TensorSource:
             yield {name: t[rows] for name, t in self.tensors.items()}
 
 
-def mix_seed(*ints: int) -> int:
-    """A 63-bit seed from several integers (seed, epoch, rank, ...), stable across runs and platforms."""
-    return int(np.random.SeedSequence([abs(int(i)) for i in ints]).generate_state(1, np.uint64)[0] >> 1)
-
-
 # -- HDF5 streaming -------------------------------------------------------------------------------------
 class H5Blocks:
     """The row blocks of one or many specae HDF5 files: (file index, start, stop), aligned to the files'
@@ -93,7 +88,7 @@ class H5Blocks:
                                       f"onto one grid (specae convert --grid-from)")
                 names = set(h5.label_names)
                 self.label_names = names if self.label_names is None else self.label_names & names
-                rows = block_rows or _chunk_rows(h5)
+                rows = block_rows or h5.chunk_rows
             self.blocks += [(i, a, min(a + rows, n)) for a in range(0, n, rows)]
         self.n_rows = sum(b - a for _, a, b in self.blocks)
 
@@ -103,15 +98,6 @@ class H5Blocks:
         n_val = min(max(1, round(fraction * len(self.blocks))), len(self.blocks) - 1) if len(self.blocks) > 1 else 0
         pick = lambda idx: [self.blocks[i] for i in sorted(idx)]  # noqa: E731
         return pick(order[n_val:]), pick(order[:n_val])
-
-
-def _chunk_rows(h5) -> int:
-    """Rows per chunk of a file's flux dataset, or a block of about 4 MB for unchunked files."""
-    chunks = getattr(h5, "chunk_rows", None)
-    if chunks:
-        return int(chunks)
-    npix = h5.shape[1]
-    return max(1, (1 << 22) // max(4 * npix, 1))
 
 
 class _BlockStream(IterableDataset):

@@ -140,25 +140,9 @@ class Spectra:
         return tuple(self.select(np.sort(order[a:b])) for a, b in zip(edges[:-1], edges[1:]))
 
     # -- units ---------------------------------------------------------------------------------
-    def normalise(self, window: tuple[float, float] | None = None) -> "Spectra":
-        """Divide each spectrum by the median of its valid flux in `window` (Angstrom; None = all).
-
-        The factor is multiplied into `scale`, so `to_original_units` undoes it. Spectra whose median is
-        not positive (no valid pixel in the window, or flux around zero) fall back to the median absolute
-        flux over all valid pixels, then to 1.
-        """
-        inside = np.ones(self.npix, bool) if window is None else (self.wave >= window[0]) & (self.wave <= window[1])
-        if not inside.any():
-            raise SpecaeError(f"normalisation window {window} lies outside {self.wave[0]:.1f}-{self.wave[-1]:.1f} A")
-        norm = _masked_median(self.flux[:, inside], self.mask[:, inside])
-        fallback = _masked_median(np.abs(self.flux), self.mask)
-        # float64: squaring a float32 norm of 1e20+ for ivar would overflow
-        norm = np.where(norm > 0, norm, np.where(fallback > 0, fallback, 1.0)).astype(np.float64)
-        return Spectra(self.wave, self.flux / norm[:, None], self.ivar * norm[:, None] ** 2, self.mask,
-                       dict(self.labels), self.ids, self.scale * norm, dict(self.meta))
-
     def to_original_units(self, flux: np.ndarray, sigma: np.ndarray | None = None):
-        """Multiply model-space flux (and sigma) of these spectra back by `scale`. Shapes (N, npix)."""
+        """Flux (and sigma) (N, npix) of these spectra, given in their units, times `scale`: in the units before
+        the normalisation a file recorded (its `scale`) was divided out."""
         s = self.scale[:, None]
         return (flux * s) if sigma is None else (flux * s, sigma * s)
 

@@ -51,8 +51,8 @@ def masked_median(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 def normalise(flux: torch.Tensor, ivar: torch.Tensor, window: torch.Tensor | None = None):
     """Divide each spectrum by the median of its valid flux inside `window` ((npix,) bool; None = all).
 
-    Spectra whose median is not positive fall back to the median |flux| of their valid pixels, then to 1,
-    as `Spectra.normalise` does. Non-finite flux or ivar and ivar <= 0 count as masked (x = 0, ivar = 0).
+    Spectra whose median is not positive fall back to the median |flux| of their valid pixels, then to 1.
+    Non-finite flux or ivar and ivar <= 0 count as masked (x = 0, ivar = 0).
     Returns x, ivar_x (B, npix) float32 and the scale (B,) float64 that was divided out.
     """
     valid = torch.isfinite(flux) & torch.isfinite(ivar) & (ivar > 0)
@@ -68,6 +68,17 @@ def normalise(flux: torch.Tensor, ivar: torch.Tensor, window: torch.Tensor | Non
     # arithmetic (one glitch of 1e25 among fluxes ~1 made the latent posterior's Hessian NaN): masked
     valid &= x.double() ** 2 * ivar_x.double() <= F32_MAX
     return torch.where(valid, x, torch.zeros_like(x)), torch.where(valid, ivar_x, torch.zeros_like(ivar_x)), norm
+
+
+def batch_normaliser(window: torch.Tensor | None, device):
+    """The on-device transform of streamed batches (specae.data.sources): {"flux", "ivar"[, "z"]} (B, npix) in
+    the files' units -> {"x", "ivar"[, "z"]} in the model's, by `normalise`."""
+    window = None if window is None else window.to(device)
+
+    def transform(batch):
+        x, ivar, _ = normalise(batch["flux"], batch["ivar"], window)
+        return {"x": x, "ivar": ivar, **({"z": batch["z"]} if "z" in batch else {})}
+    return transform
 
 
 def window_mask(wave: np.ndarray, window) -> torch.Tensor | None:

@@ -30,10 +30,10 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from specae.data.hdf5 import atomic_path
-from specae.data.sources import mix_seed
+from specae.checkpoints import write_checkpoint
 from specae.engine.runtime import Runtime
 from specae.errors import SpecaeError
+from specae.plumbing import mix_seed
 
 STATE = "train_state.pt"   # the last state of a run, for resume
 
@@ -455,7 +455,6 @@ def evaluate(objective: Objective, src, ctx: StepContext) -> dict:
 
 
 def _save_state(out: Path, mods, opts, scheds, best, epoch, step, since_best, history, average=None) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     state = {"epoch": epoch, "step": step, "since_best": since_best,
              "modules": {k: {n: v.detach().cpu() for n, v in m.state_dict().items()} for k, m in mods.items()},
              "best": {k: {n: v.detach().cpu() for n, v in s.items()} for k, s in best.items()},
@@ -463,10 +462,7 @@ def _save_state(out: Path, mods, opts, scheds, best, epoch, step, since_best, hi
              "schedulers": {k: s.state_dict() for k, s in scheds.items()}}
     if average is not None:
         state["average"] = [v.detach().cpu() for v in average]
-    with atomic_path(out / STATE) as tmp:
-        torch.save(state, tmp)
-    with atomic_path(out / "history.json") as tmp:
-        tmp.write_text(json.dumps(history, indent=1))
+    write_checkpoint(out, {STATE: state, "history.json": history})
 
 
 def remove_state(out_dir) -> None:

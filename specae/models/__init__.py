@@ -1,7 +1,7 @@
-"""Models: the conv1D encoder, MLP/conv decoders and the heteroscedastic VAE/AE around them."""
+"""Models: the conv1D encoder, MLP/conv decoders and the heteroscedastic VAE/AE around them (tensors only; model
+directories are written and read by specae.model_dir)."""
 
-from specae.models.checkpoint import load_model, save_model
 from specae.models.config import ModelConfig
 from specae.models.vae import SpectrumVAE
 
-__all__ = ["ModelConfig", "SpectrumVAE", "load_model", "save_model"]
+__all__ = ["ModelConfig", "SpectrumVAE"]

@@ -47,10 +47,9 @@ def model_card(model, history: dict) -> str:
         lines.append(f"- S/N per pixel (each spectrum's median): {lo:.3g}-{hi:.3g}, median {mid:.3g}, "
                      f"over {data['snr_rows']} training spectra")
     lines += ["", "## Measured", ""]
-    monitor = (history.get("train_config") or {}).get("monitor", "chi2_dof")
-    if f"best_val_{monitor}" in history:
+    if "best_val_chi2_dof" in history:
         best = history["best_epoch"]
-        lines.append(f"- best validation {monitor.replace('_dof', '/dof').replace('_', ' ')}: {history[f'best_val_{monitor}']:.4f} "
+        lines.append(f"- best validation chi2/dof: {history['best_val_chi2_dof']:.4f} "
                      + (f"at epoch {best + 1}" if best >= 0 else "at the PCA start (no epoch beat it)")
                      + f" of {len(history.get('epoch', []))}, stopped by {history.get('stopped')}")
     cal = model.calibration

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
+
+from specae.plumbing import config_from_dict
 
 
 @dataclass
 class ModelConfig:
-    npix: int                              # pixels of the observed grid
+    npix: int = 0                          # pixels of the observed grid (set from the data by fit)
     kind: str = "vae"                      # "vae" (posterior q(z|x)) or "ae" (point encoder)
     latent_dim: int = 6
     decoder: str = "mlp"                   # "mlp" or "conv"
@@ -32,10 +34,5 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":
-        raw = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        cfg = cls(**{k: v for k, v in raw.items() if k in known})
-        for name in ("dec_hidden", "enc_channels", "norm_window", "z_range"):
-            if getattr(cfg, name) is not None:
-                setattr(cfg, name, tuple(getattr(cfg, name)))
-        return cfg
+        """Read what `to_json` wrote (settings unknown to this version ignored)."""
+        return config_from_dict(cls, json.loads(text))

@@ -109,11 +109,10 @@ class SpectrumVAE(nn.Module):
         f = self.seen.clamp_min(float(seen.min()) if seen.numel() else 1.0)
         return self._observed(f[None], z, n)[:, 0].expand(n, -1)
 
-    def forward(self, x, ivar, z=None, ivar_enc=None, eps=None, x_enc=None):
-        """The training pass: encode (seeing `x_enc`, `ivar_enc` if given: the spectrum with chunks hidden
-        or extra noise), draw the latent with noise `eps` (B, K) (VAE), decode. Returns mu, sigma_model,
-        mean, logvar."""
-        mean, logvar = self.encode(x if x_enc is None else x_enc, ivar if ivar_enc is None else ivar_enc, z)
+    def forward(self, x, ivar, z=None, ivar_enc=None, eps=None):
+        """The training pass: encode (seeing `ivar_enc` if given: the spectrum with chunks hidden), draw the
+        latent with noise `eps` (B, K) (VAE), decode. Returns mu, sigma_model, mean, logvar."""
+        mean, logvar = self.encode(x, ivar if ivar_enc is None else ivar_enc, z)
         latent = mean
         if logvar is not None and eps is not None:
             latent = mean + eps * (0.5 * logvar).exp()
@@ -142,12 +141,9 @@ def gaussian_nll(x, ivar, mu, sigma_model, beta: float = 0.0) -> torch.Tensor:
     return torch.where(valid, nll, 0.0).sum(1)
 
 
-def kl_normal(mean, logvar, free_bits: float = 0.0) -> torch.Tensor:
-    """(B,) KL(q(z|x) || N(0, I)); each dimension contributes at least `free_bits` nats."""
-    kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1 - logvar.float())   # (B, K)
-    if free_bits > 0:
-        kl = kl.clamp_min(free_bits)
-    return kl.sum(1)
+def kl_normal(mean, logvar) -> torch.Tensor:
+    """(B,) KL(q(z|x) || N(0, I)); mean, logvar (B, K)."""
+    return 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).sum(1)
 
 
 def chi2(x, ivar, mu) -> tuple[torch.Tensor, torch.Tensor]:

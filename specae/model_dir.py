@@ -1,20 +1,19 @@
-"""Model directories: config.json (plain JSON), weights.pt (the weights and buffers, float32 tensors only, read with
-specae.checkpoints, so a model can never run code), history.json (the run) and, once calibrated,
-calibration.json (the error model's constants, specae.calibration) and the model card MODEL.md
+"""Model directories, written and read here: config.json (plain JSON), weights.pt (the weights and buffers,
+float32 tensors only, through specae.checkpoints, so a model can never run code), history.json (the run) and, once
+calibrated, calibration.json (the error model's constants, specae.calibration) and the model card MODEL.md
 (specae.models.card). train_state.pt (optimizer moments, the moving average, the last and best weights: about 5x
 the weights) exists only while a run trains, or when it is kept for --resume."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
 
-from specae.checkpoints import load_tensors, reading, require_files
-from specae.data.hdf5 import atomic_path
+from specae.checkpoints import cpu_tensors, load_tensors, reading, require_files, write_checkpoint
+from specae.engine.loop import load_history
 from specae.errors import SpecaeError
 from specae.models.card import CARD, model_card
 from specae.models.config import ModelConfig
@@ -29,32 +28,20 @@ def save_model(model: SpectrumVAE, directory, history: dict | None = None) -> No
     """Write config.json, weights.pt, calibration.json and MODEL.md (if calibrated; else earlier ones are removed)
     and optionally history.json, each atomically. The card is made from `history`, or the directory's history.json."""
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    rest = model.decoder.loglam_rest
-    blob = {"state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "wave": torch.from_numpy(model.wave)}
-    if rest is not None:
-        blob["wave_rest"] = 10 ** rest.cpu()
-    with atomic_path(d / "weights.pt") as tmp:
-        torch.save(blob, tmp)
-    with atomic_path(d / "config.json") as tmp:
-        tmp.write_text(model.cfg.to_json())
+    blob = {"state": cpu_tensors(model), "wave": torch.from_numpy(model.wave)}
+    if model.decoder.loglam_rest is not None:
+        blob["wave_rest"] = 10 ** model.decoder.loglam_rest.cpu()
+    files = {"weights.pt": blob, "config.json": model.cfg.to_json()}
+    if history is not None:
+        files["history.json"] = history
     if model.calibration is not None:
-        with atomic_path(d / "calibration.json") as tmp:
-            tmp.write_text(model.calibration.to_json())
-    else:   # ones left beside earlier weights would not describe these
+        known = history if history is not None else (load_history(d / "history.json")
+                                                     if (d / "history.json").is_file() else {})
+        files |= {"calibration.json": model.calibration.to_json(), CARD: model_card(model, known)}
+    write_checkpoint(d, files)
+    if model.calibration is None:   # ones left beside earlier weights would not describe these
         (d / "calibration.json").unlink(missing_ok=True)
         (d / CARD).unlink(missing_ok=True)
-    if history is not None:
-        with atomic_path(d / "history.json") as tmp:
-            tmp.write_text(json.dumps(history, indent=1))
-    if model.calibration is not None:
-        from specae.engine.loop import load_history
-
-        history = history if history is not None else (load_history(d / "history.json")
-                                                       if (d / "history.json").is_file() else {})
-        with atomic_path(d / CARD) as tmp:
-            tmp.write_text(model_card(model, history))
 
 
 def load_model(directory, map_location="cpu") -> SpectrumVAE:
