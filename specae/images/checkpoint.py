@@ -14,11 +14,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
-from specae.checkpoints import load_tensors, reading, require_files
-from specae.data.hdf5 import atomic_path
+from specae import checkpoints
+from specae.checkpoints import cpu_tensors, load_tensors, reading, require_files
 from specae.errors import SpecaeError
 from specae.images.models import NetConfig, build_discriminator, build_generator
 from specae.images.transforms import AsinhStretch
@@ -28,12 +27,7 @@ BUILDERS = {"generator": build_generator, "discriminator": build_discriminator}
 
 def write_checkpoint(directory, config: dict, module: nn.Module) -> None:
     """`directory`/config.json (plain JSON) and weights.pt (the module's tensors, on the CPU), each atomically."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    with atomic_path(d / "weights.pt") as tmp:
-        torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
-    with atomic_path(d / "config.json") as tmp:
-        tmp.write_text(json.dumps(config, indent=1))
+    checkpoints.write_checkpoint(directory, {"weights.pt": cpu_tensors(module), "config.json": config})
 
 
 def read_checkpoint(directory, kind: str, build) -> tuple[nn.Module, dict]:

@@ -16,6 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from specae.data.sources import TensorSource
+from specae.engine import EngineConfig, Objective
+from specae.engine import train as engine_train
 from specae.images.checkpoint import read_checkpoint, write_checkpoint
 from specae.images.data import TILE_LABELS, Images
 from specae.images.metrics import morphology
@@ -79,22 +82,41 @@ class FeatureExtractor:
         return cls(net, list(cfg["targets"]))
 
 
+class FeatureObjective(Objective):
+    """The extractor's regression for the engine: Huber loss on the standardised targets, Adam at a constant
+    rate 1e-3, no validation (the network is a fixed embedding for metrics, not a predictor to select), so
+    the last state is kept."""
+
+    schedule = "constant"
+
+    def __init__(self, net: FeatureNet):
+        self.net = net
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"net": self.net}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"net": torch.optim.Adam(self.net.parameters(), 1e-3)}
+
+    def train_step(self, batch: dict, ctx) -> dict[str, torch.Tensor]:
+        with ctx.autocast():
+            pred = ctx.trained("net")(batch["x"]).float()                  # (B, T)
+        loss = F.smooth_l1_loss(pred, batch["y"])
+        ctx.optimizer_step("net", loss)
+        return {"loss": loss.detach()}
+
+
 def train_extractor(images: Images, stretch: AsinhStretch, epochs: int = 15, batch: int = 128, seed: int = 0) -> FeatureExtractor:
     """Fit a FeatureNet on `images` (in their units; stretched with `stretch` as the GAN sees them) to
-    predict their standardised `targets` (Huber loss, Adam 1e-3)."""
+    predict their standardised `targets`, through the engine on the CPU (where `features` runs)."""
     cols = targets(images)
     y = np.stack(list(cols.values()), axis=1)                       # (N, T)
     y = (y - y.mean(axis=0)) / np.maximum(y.std(axis=0), 1e-12)
-    x = torch.from_numpy(stretch.forward(images.pixels))
-    y = torch.from_numpy(y.astype(np.float32))
-    torch.manual_seed(seed)
-    net = FeatureNet(x.shape[1], y.shape[1])
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for rows in torch.randperm(len(x), generator=g).split(batch):
-            loss = F.smooth_l1_loss(net(x[rows]), y[rows])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    x = torch.from_numpy(stretch.forward(images.pixels))            # (N, C, H, W)
+    with torch.random.fork_rng(devices=[]):                         # initial weights from the seed, global state untouched
+        torch.manual_seed(seed)
+        net = FeatureNet(x.shape[1], y.shape[1])
+    src = TensorSource({"x": x, "y": torch.from_numpy(y.astype(np.float32))}, min(batch, len(x)), seed=seed)
+    cfg = EngineConfig(epochs=epochs, patience=None, clip=None, seed=seed, device="cpu", progress=False)
+    engine_train(FeatureObjective(net), src, None, cfg)
     return FeatureExtractor(net, list(cols))

@@ -1,10 +1,14 @@
-"""Image grids as PNG: samples, traversals, interpolations. Written atomically."""
+"""Image grids as PNG: samples, traversals, interpolations; the latent tools' figures. Written atomically."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
 from specae.data.hdf5 import atomic_path
+from specae.images.checkpoint import GAN
+from specae.images.latent import latent_panels
 from specae.images.transforms import AsinhStretch
 
 
@@ -34,3 +38,14 @@ def write_grid(path, pixels: np.ndarray, ncol: int | None = None, stretch: Asinh
     arr = grid_array(pixels, ncol, stretch).repeat(zoom, axis=0).repeat(zoom, axis=1)
     with atomic_path(path) as tmp:
         mpimg.imsave(tmp, arr, format="png", cmap="gray", vmin=0, vmax=1, origin="upper")
+
+
+def write_latent_figures(gan: GAN, out_dir, n: int = 2000, seed: int = 0) -> dict:
+    """specae.images.latent.latent_panels as PNGs in `out_dir` (direction_r50.png, direction_ellipticity.png,
+    interpolation.png, arithmetic.png); returns its report."""
+    panels, report = latent_panels(gan, n, seed)   # first: a refused n leaves no directory behind
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (pixels, ncol) in panels.items():
+        write_grid(out / f"{name}.png", pixels, ncol=ncol)
+    return report

@@ -5,19 +5,16 @@ direction means "what makes G's galaxies larger", whatever G learned.
 
     d = property_direction(gan, "r50")             # unit vector (latent,), R^2 of the linear fit
     grid = traverse(gan, d["direction"], latents(6, gan.net.latent), np.linspace(-3, 3, 7))
-    write_latent_figures(gan, "latent/")           # PNGs: directions, interpolation, arithmetic
+    panels, report = latent_panels(gan)            # image grids: directions, interpolation, arithmetic
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from specae.errors import SpecaeError
 from specae.images.checkpoint import GAN
-from specae.images.figures import write_grid
 from specae.images.metrics import MORPHOLOGY, morphology
 from specae.images.sampling import check_fits, generate, latents
 from specae.latent import slerp
@@ -91,22 +88,21 @@ def size_shape_analogy(gan: GAN, z: np.ndarray, stats: dict) -> dict:
     return {"latents": zs, "r50": dict(zip(zs, m["r50"].tolist())), "ellipticity": dict(zip(zs, m["ellipticity"].tolist()))}
 
 
-def write_latent_figures(gan: GAN, out_dir, n: int = 2000, seed: int = 0) -> dict:
-    """PNGs in `out_dir`: direction_r50.png and direction_ellipticity.png (rows: 6 random starts moved from
-    -3 to +3 along the direction), interpolation.png, arithmetic.png (A, B, C, A - B + C). Returns the
-    directions' slopes and R^2 and the analogy's measured properties."""
-    z, stats = measured(gan, n, seed)   # first: a refused n leaves no directory behind
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def latent_panels(gan: GAN, n: int = 2000, seed: int = 0) -> tuple[dict[str, tuple[np.ndarray, int]], dict]:
+    """The latent tools on `gan` from n samples: panels, name -> (images (m, C, H, W) in the training
+    images' units, columns): direction_r50 and direction_ellipticity (rows: 6 random starts moved from -3 to
+    +3 along the direction), interpolation, arithmetic (A, B, C, A - B + C); and the report: the directions'
+    slopes and R^2 and the analogy's measured properties. specae.images.figures writes them."""
+    z, stats = measured(gan, n, seed)
     starts = latents(6, gan.net.latent, seed + 1).numpy()
     steps = np.linspace(-3, 3, 7)
-    report = {}
+    panels, report = {}, {}
     for prop in ("r50", "ellipticity"):
         d = property_direction(gan, prop, sample=(z, stats))
-        write_grid(out / f"direction_{prop}.png", traverse(gan, d["direction"], starts, steps), ncol=len(steps))
+        panels[f"direction_{prop}"] = traverse(gan, d["direction"], starts, steps), len(steps)
         report[prop] = {"slope": d["slope"], "r2": d["r2"]}
-    write_grid(out / "interpolation.png", interpolation_grid(gan, seed=seed + 2), ncol=8)
+    panels["interpolation"] = interpolation_grid(gan, seed=seed + 2), 8
     analogy = size_shape_analogy(gan, z, stats)
-    write_grid(out / "arithmetic.png", render(gan, np.stack(list(analogy["latents"].values()))), ncol=4)
+    panels["arithmetic"] = render(gan, np.stack(list(analogy["latents"].values()))), 4
     report["arithmetic"] = {"r50": analogy["r50"], "ellipticity": analogy["ellipticity"]}
-    return report
+    return panels, report

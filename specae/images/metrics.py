@@ -2,7 +2,7 @@
 
 Morphology (computed the same way on any image, real or generated, in the images' own units, bands
 summed): total flux, half-light radius r50, concentration r80/r20, ellipticity from second moments,
-asymmetry under a 180-degree rotation, smoothness (clumpiness), Gini coefficient. Distribution distances: the 1D Wasserstein
+asymmetry under a 180-degree rotation and smoothness (clumpiness), both less the sky's, Gini coefficient. Distribution distances: the 1D Wasserstein
 distance per statistic divided by the real values' standard deviation; on feature vectors, the kernel
 inception distance (KID, Binkowski et al. 2018) and k-NN precision / recall (Kynkaanniemi et al. 2019);
 memorisation as distances to the nearest training image.
@@ -19,18 +19,25 @@ MORPHOLOGY = ("flux", "r50", "concentration", "ellipticity", "asymmetry", "smoot
 
 
 def morphology(pixels: np.ndarray) -> dict[str, np.ndarray]:
-    """Statistics (N,) each of images (N, C, H, W), bands summed, measured as statmorph does (Rodriguez-Gomez
-    et al. 2019) inside the aperture of 1.5 Petrosian radii, so they describe the galaxy, not the sky.
+    """Statistics (N,) each of images (N, C, H, W), bands summed, after statmorph's definitions (Rodriguez-Gomez
+    et al. 2019) inside the aperture of 1.5 Petrosian radii, so they describe the galaxy, not the sky, but
+    vectorised over N and simplified where noted (the test compares with statmorph where it is installed).
 
     Centre: the centroid of the positive flux. Petrosian radius r_P: the first 1-pixel annulus whose mean
     surface brightness is below 0.2 of the mean inside it (capped at min(H, W)/2). Flux: the whole cutout.
     Radii from the growth curve inside the aperture: r_f = sqrt(k / pi), k the number of pixels, nearest
     first, that hold a fraction f of the aperture's flux (the radius of a disc of that area, never 0)
-    [pixels]; concentration r80 / r20. Ellipticity 1 - sqrt(l2 / l1) from the eigenvalues of the second
-    moments of the positive flux with a Gaussian weight of width r50. Asymmetry sum|I - I_180| / (2 sum|I|)
-    and Gini (Lotz et al. 2004) over the aperture's pixels, the rotation about the image centre.
-    Smoothness (Conselice 2003) sum max(I - I_s, 0) / sum|I| over the aperture outside 0.25 r_P, I_s the
-    image under a 3x3 boxcar: light in pixel-scale lumps, which smooth profiles and sky noise have little of.
+    [pixels]; concentration r80 / r20 (statmorph's is 5 log10 of it). Ellipticity 1 - sqrt(l2 / l1) from
+    the eigenvalues of the second moments of the positive flux with a Gaussian weight of width r50.
+    Gini (Lotz et al. 2004) of |I| over the aperture's pixels (statmorph's over its own Gini segmentation,
+    so its values are lower). Asymmetry (Lotz et al. 2004, eq. 10) (sum|I - I_180| - n B) / sum|I| over
+    the n aperture pixels, rotated about the image centre (statmorph: about the centre that minimises A).
+    Smoothness (Conselice 2003; Lotz et al. eq. 11) (sum max(I - I_s, 0) - n S_B) / sum I over the n pixels
+    of the aperture outside 0.25 r_P, I_s the image under a 3x3 boxcar (statmorph's is 0.25 r_P wide, which
+    on small stamps is 1 pixel: no smoothing), and 0 where that annulus holds no net light (statmorph: invalid).
+    B and S_B are the sky's terms per pixel, as statmorph subtracts them: the mean |I - I_180| and
+    max(I - I_s, 0) of the pixels outside the aperture (statmorph: of a box outside the segmentation map);
+    without them both statistics measure the noise of a noisy stamp. No sky pixel: no correction.
     """
     img = pixels.astype(np.float64).sum(axis=1)                     # (N, H, W)
     n, h, w = img.shape
@@ -63,11 +70,19 @@ def morphology(pixels: np.ndarray) -> dict[str, np.ndarray]:
     l1, l2 = half_trace + root, np.maximum(half_trace - root, 0)
     ellipticity = np.where(l1 > 0, 1 - np.sqrt(l2 / np.maximum(l1, 1e-300)), 0.0)
 
+    sky = ~inside
     rot = img[:, ::-1, ::-1].reshape(n, -1)
-    asymmetry = (np.abs(flat - rot) * inside).sum(axis=1) / np.maximum(2 * (np.abs(flat) * inside).sum(axis=1), 1e-300)
+    turned = np.abs(flat - rot)
+    pairs = sky & sky[:, ::-1]                                      # sky pixels whose 180-degree partner is sky too
+    sky_asym = (turned * pairs).sum(axis=1) / np.maximum(pairs.sum(axis=1), 1)
+    asymmetry = (((turned * inside).sum(axis=1) - inside.sum(axis=1) * sky_asym)
+                 / np.maximum((np.abs(flat) * inside).sum(axis=1), 1e-300))
     lumps = np.clip(img - uniform_filter(img, size=(1, 3, 3), mode="nearest"), 0, None).reshape(n, -1)
+    sky_lumps = (lumps * sky).sum(axis=1) / np.maximum(sky.sum(axis=1), 1)
     outer = inside & (dist >= 0.25 * r_p)
-    smoothness = (lumps * outer).sum(axis=1) / np.maximum((np.abs(flat) * outer).sum(axis=1), 1e-300)
+    net = (flat * outer).sum(axis=1)
+    smoothness = np.where(net > 0, ((lumps * outer).sum(axis=1) - outer.sum(axis=1) * sky_lumps)
+                          / np.maximum(net, 1e-300), 0.0)
     return {"flux": flat.sum(axis=1), "r50": r50, "concentration": r80 / r20, "ellipticity": ellipticity,
             "asymmetry": asymmetry, "smoothness": smoothness, "gini": gini(np.abs(flat), inside)}
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.swa_utils import update_bn
 
 from specae.data.hdf5 import atomic_path
 from specae.engine import EngineConfig, Objective
@@ -101,8 +102,6 @@ class GANObjective(Objective):
         self.cfg, self.net, self.stretch, self.data = cfg.check(), net, stretch, data or {}
         self.reference = morphology(reference) if reference is not None and len(reference) > 1 else None
         self.monitor = cfg.select if self.reference is not None else None
-        self._samples = []                      # this epoch's validation samples (stretched), for summarise
-        self._sampler = None                    # this epoch's generator as exported (exact batch-norm statistics)
         with torch.random.fork_rng(devices=[]):   # initial weights from the seed, global state untouched
             torch.manual_seed(cfg.seed)
             self.G, self.D = build_generator(net), build_discriminator(net)
@@ -150,27 +149,25 @@ class GANObjective(Objective):
                 "d_fake": torch.sigmoid(d_fake.detach()).mean()}
 
     def eval_step(self, batch: dict, ctx) -> dict[str, torch.Tensor]:
-        real = batch["image"]
-        z = torch.randn(real.shape[0], self.cfg.latent, generator=ctx.generator, device=ctx.device)
-        if self._sampler is None:
-            self._sampler = recalibrated(self.G, self.net.latent, self.cfg.seed)
-        d, fake = ctx.trained("D"), self._sampler(z, ctx.generator)
-        if self.reference is not None:
-            self._samples.append(fake.float().cpu().numpy())
-        p_real = torch.sigmoid(d(real).float())
-        p_fake = torch.sigmoid(d(fake).float())
-        return {"p_real": p_real.sum(), "p_fake": p_fake.sum(), "n": torch.tensor(float(real.shape[0]), device=ctx.device)}
+        p_real = torch.sigmoid(ctx.trained("D")(batch["image"]).float())
+        return {"p_real": p_real.sum(), "n": torch.tensor(float(batch["image"].shape[0]), device=ctx.device)}
 
+    @torch.no_grad()
     def summarise(self, sums: dict[str, float]) -> dict[str, float]:
-        """D's mean probability that held-out real images, and fresh samples, are real; and the mean
-        normalised Wasserstein distance of the samples' morphology from the reference training images'."""
-        n = max(sums["n"], 1.0)
-        self._sampler = None
-        out = {"p_real": sums["p_real"] / n, "p_fake": sums["p_fake"] / n}
-        if self._samples:
-            fake = self.stretch.inverse(np.concatenate(self._samples))
-            self._samples = []
-            distances = list(morphology_distances(self.reference, morphology(fake)).values())
+        """D's mean probability that the held-out real images, and as many samples of the generator as it
+        would be exported, are real; with reference images, the normalised Wasserstein distances of the
+        samples' morphology from theirs, the mean and the worst. The samples are drawn here, from the seed,
+        on every rank alike (the same numbers at every evaluation), so all ranks agree."""
+        n = int(sums["n"])
+        device = next(self.G.parameters()).device
+        rng = torch.Generator(device=device).manual_seed(self.cfg.seed)
+        sampler = recalibrated(self.G, self.net.latent, self.cfg.seed)
+        fake = torch.cat([sampler(torch.randn(len(rows), self.cfg.latent, generator=rng, device=device), rng)
+                          for rows in torch.arange(n).split(self.cfg.batch_size)])     # (n, C, H, W) stretched
+        out = {"p_real": sums["p_real"] / max(n, 1), "p_fake": float(torch.sigmoid(self.D(fake).float()).mean())}
+        if self.reference is not None:
+            distances = list(morphology_distances(self.reference, morphology(self.stretch.inverse(
+                fake.float().cpu().numpy()))).values())
             out["morphology"], out["morphology_max"] = float(np.mean(distances)), float(np.max(distances))
         return out
 
@@ -189,20 +186,16 @@ class GANObjective(Objective):
                 "epoch": history.get("best_epoch", -1)}
 
 
-@torch.no_grad()
 def recalibrated(gen: nn.Module, latent: int, seed: int, n: int = 256) -> nn.Module:
-    """A copy of generator `gen` whose batch-norm statistics are the exact averages over `n` samples of its
-    current weights (the running averages lag behind the weights, and never match averaged weights)."""
+    """A copy of generator `gen` in eval mode whose batch-norm statistics are the exact averages over `n`
+    samples of its current weights (the running averages lag behind the weights, and never match averaged
+    weights): torch.optim.swa_utils.update_bn on latents, and noise inputs, drawn from `seed`."""
     g = copy.deepcopy(gen)
-    norms = [m for m in g.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return g
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None                      # cumulative average over the batches below
-    g.train()
     device = next(g.parameters()).device
     rng = torch.Generator(device=device).manual_seed(seed)
-    for _ in range(max(1, n // 128)):
-        g(torch.randn(128, latent, generator=rng, device=device), rng)
+    batches = [torch.randn(128, latent, generator=rng, device=device) for _ in range(max(1, n // 128))]
+    # update_bn calls g(z) alone, so noise inputs draw from the global generator: seeded here, restored after
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        update_bn(batches, g)
     return g.eval()
