@@ -35,12 +35,11 @@ gradient on the held-out likelihood (specae.calibration).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-LOG_2PI = math.log(2 * math.pi)
+from specae.models.vae import LOG_2PI
 
 
 def linear_scan(alpha: torch.Tensor, beta: torch.Tensor, reverse: bool = False) -> torch.Tensor:
@@ -164,7 +163,7 @@ def solve(inp: Inputs, cal, inflate: torch.Tensor | None = None,
                            cal.spectrum_spread)
     rho = cal.smooth_fraction
     white = (1 - rho) * v * (1 if inflate is None else inflate)
-    amp = (rho * v).clamp_min(0).sqrt()
+    amp = (rho * v + 1e-300).sqrt()          # not sqrt(0): its infinite derivative would make the gradient NaN
     dinv = torch.where(valid, 1 / (white + noise), torch.zeros_like(v))
     ou = OUPosterior(amp * amp * dinv, torch.exp(-1 / torch.as_tensor(cal.smooth_length, dtype=v.dtype)))
 

@@ -47,9 +47,11 @@ def linear_inputs(gen, b, n, p, ivar, var_model, coverage=None):
 
 
 def draw(inp: Inputs, cal, gen, outliers=None):
-    """Truth and data from the generative model (module docstring of specae.errormodel) with constants `cal`."""
+    """Truth and data from the generative model (module docstring of specae.errormodel) with constants `cal`:
+    each spectrum's scale s of its model variance drawn with log s ~ N(0, spectrum_spread^2)."""
     b, n, p = inp.jac.shape
-    v = cal.model_scale ** 2 * inp.coverage ** -cal.coverage_power * inp.var_model
+    s = torch.exp(cal.spectrum_spread * torch.randn(b, 1, generator=gen, dtype=D)) if cal.spectrum_spread else 1.0
+    v = s * cal.model_scale ** 2 * inp.coverage ** -cal.coverage_power * inp.var_model
     chol = torch.from_numpy(np.linalg.cholesky(ou_cov(n, cal.smooth_length).numpy()))
     g = torch.randn(b, n, generator=gen, dtype=D) @ chol.T
     white = (1 - cal.smooth_fraction) * v * (1 if outliers is None else outliers)
@@ -145,6 +147,29 @@ def test_the_held_out_likelihood_fits_the_constants_back_mis_stated_noise_includ
     for truth, inp in sets:
         out = solve(inp, cal)
         assert coverage(out["mean"].numpy(), out["var"].sqrt().numpy(), truth.numpy()) == pytest.approx(0.683, abs=0.03)
+
+
+def test_sigma_holds_where_spectra_scales_spread_and_most_cannot_pin_their_own(one_thread):
+    # scales spread by tau 0.7. Only the S/N 30 spectra's residuals pin their scale; at S/N 3 the model error is
+    # 2 % of the noise's variance, yet most of the denoised sigma
+    spread = replace(TRUE, spectrum_spread=0.7)
+    sets = [linear_set(snr, seed=300 + i, b=60, cal=spread) for i, snr in enumerate((3.0, 3.0, 30.0))]
+    cal, _ = _fit_constants([inp for _, inp in sets], replace(START), active_constants(300))
+    assert cal.noise_scale == pytest.approx(1.0, rel=0.03)
+    for truth, inp in sets[1:]:
+        out = solve(inp, cal)
+        mean, sigma = out["mean"].numpy(), out["var"].sqrt().numpy()
+        assert error_over_sigma(mean, sigma, truth.numpy()) == pytest.approx(1.0, abs=0.08)
+        assert coverage(mean, sigma, truth.numpy()) == pytest.approx(0.683, abs=0.04)
+
+
+def test_the_fit_starting_on_the_bounds_of_rho_and_tau_has_finite_gradients(one_thread):
+    # sqrt(rho v) at rho 0 has an infinite derivative: the gradient was NaN and L-BFGS-B stepped to NaN constants
+    _, inp = linear_set(10.0, seed=7, b=20)
+    cal, nll = _fit_constants([inp], replace(START, smooth_fraction=0.0, spectrum_spread=0.0),
+                              active_constants(300))
+    assert math.isfinite(nll) and all(math.isfinite(v) for v in vars(cal).values() if isinstance(v, float))
+    assert cal.smooth_fraction > 0.2       # it leaves the bound towards the true 0.5
 
 
 def test_heavy_tails_are_fitted_and_the_outliers_follow_their_data(one_thread):
