@@ -24,8 +24,9 @@ def subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argpars
     return found
 
 
-def argument_item(action: argparse.Action) -> nodes.definition_list_item:
-    """One argument: its flags (or its name, for a positional one) and metavar as the term, its help below."""
+def argument_item(parser: argparse.ArgumentParser, action: argparse.Action) -> nodes.definition_list_item:
+    """One argument: its flags (or its name, for a positional one) and metavar as the term, its help below, with
+    its %(...)s fields filled in as --help fills them (the defaults the config dataclasses state)."""
     if action.option_strings:
         metavar = "" if action.nargs == 0 else " " + (action.metavar or action.dest.upper())
         if action.choices is not None and action.metavar is None and action.nargs != 0:
@@ -35,7 +36,8 @@ def argument_item(action: argparse.Action) -> nodes.definition_list_item:
         term = action.metavar or action.dest
     item = nodes.definition_list_item()
     item += nodes.term(text=term)
-    item += nodes.definition("", nodes.paragraph(text=action.help or ""))
+    text = parser._get_formatter()._expand_help(action) if action.help else ""
+    item += nodes.definition("", nodes.paragraph(text=text))
     return item
 
 
@@ -51,7 +53,7 @@ def command_section(document, name: str, summary: str, parser: argparse.Argument
     arguments = [a for a in parser._actions
                  if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
     if arguments:
-        section += nodes.definition_list("", *map(argument_item, arguments))
+        section += nodes.definition_list("", *(argument_item(parser, a) for a in arguments))
     for sub_name, sub_summary, sub in subcommands(parser):
         section += command_section(document, f"{name} {sub_name}", sub_summary, sub)
     return section
