@@ -33,6 +33,8 @@ def load_bundled(kind: str, directory: Path) -> tuple:
 
 # about a minute on 2 idle CPU cores; a count, not a time budget, so a busy machine is slower but not worse
 DEMO_EPOCHS = 30
+# validation spectra the error model is fitted on (of 300): a count too; all 300 take the calibration minutes
+DEMO_CALIBRATION_ROWS = 100
 
 
 def run_demo(out_dir="specae-demo", epochs: int = DEMO_EPOCHS, seed: int = 0, latent_dim: int = 6,
@@ -48,7 +50,8 @@ def run_demo(out_dir="specae-demo", epochs: int = DEMO_EPOCHS, seed: int = 0, la
     train_all, _ = default_dataset("stellar", n=n_train, seed=seed + 1)
     train, val = train_all.split((0.85, 0.15), seed=seed)
     model, history = fit_calibrated(train, val, ModelConfig(npix=noisy.npix, latent_dim=latent_dim),
-                                    TrainConfig(epochs=epochs, patience=None, max_minutes=max_minutes, seed=seed), out_dir=out / "model",
+                                    TrainConfig(epochs=epochs, patience=None, max_minutes=max_minutes, seed=seed,
+                                                calib_rows=DEMO_CALIBRATION_ROWS), out_dir=out / "model",
                                     overwrite=True)   # a demo run again replaces its own model
     d = denoise(model, noisy)
     pca_flux, _ = WeightedPCA(latent_dim, seed=seed).fit(train_all).denoise(noisy)

@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from astropy.io import fits
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
@@ -17,6 +18,7 @@ from specae.data.hdf5 import H5Spectra, read_h5, write_h5
 from specae.data.readers import read_spectra
 from specae.data.resample import loglam_grid
 from specae.data.spectra import F32_MAX, Spectra
+from specae.data.tensors import normalise
 from specae.errors import SpecaeError
 from tests.test_readers import apogee_file, desi_coadd_file, desi_stack_file, full_sdss_file, sdss_file
 
@@ -104,10 +106,13 @@ def test_spectra_validation_and_operations(data, n, npix):
         return
     z = data.draw(st.lists(st.floats(-0.5, 3.0), min_size=n, max_size=n))
     rest = None if n else valid_wave(5)      # the default rest grid spans the redshifts: none without spectra
-    for out in (quietly(s.normalise), quietly(s.resample, loglam_grid(4100, 5000, 3e-3)),
-                quietly(s.to_rest_frame, z, rest)):
+    for out in (quietly(s.resample, loglam_grid(4100, 5000, 3e-3)), quietly(s.to_rest_frame, z, rest)):
         check_result(out)
         assert len(out) == n
+    # the model's normalisation: finite, masked where the input is, positive scales
+    x, ivar_x, norm = normalise(torch.from_numpy(s.flux), torch.from_numpy(s.ivar))
+    assert torch.isfinite(x).all() and torch.isfinite(ivar_x).all() and (norm > 0).all()
+    assert not (ivar_x[torch.from_numpy(s.ivar <= 0)] > 0).any()
 
 
 def test_masking_warning_counts_the_new_bad_pixels():
