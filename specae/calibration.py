@@ -18,7 +18,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -29,6 +29,7 @@ from specae.data.spectra import Spectra
 from specae.data.tensors import Batch, on_grid, to_batch, window_mask
 from specae.errormodel import Inputs, outlier_loglik, solve
 from specae.errors import SpecaeError
+from specae.plumbing import config_from_dict
 from specae.uncertainty import SCALE_PRIOR
 from specae.uncertainty import posterior as latent_posterior
 
@@ -65,8 +66,7 @@ class Calibration:
         if version != CALIBRATION_VERSION:
             raise SpecaeError(f"{where}: calibration version {version}, this specae reads {CALIBRATION_VERSION}: "
                               f"recalibrate with 'specae calibrate MODEL DATA -o NEW_MODEL'")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return config_from_dict(cls, d)
 
 
 # The fitted constants: (name, bounds, log scale); coverage_power only in redshift mode, where coverage varies.

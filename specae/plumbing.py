@@ -161,6 +161,6 @@ def config_from_dict(cls, values: dict):
     cfg = cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
     for f in fields(cls):
         value = getattr(cfg, f.name)
-        if isinstance(value, list) and str(f.type).startswith("tuple"):
+        if isinstance(value, list) and (f.type is tuple or str(f.type).startswith("tuple")):
             setattr(cfg, f.name, tuple(value))
     return cfg

@@ -32,7 +32,8 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 def _train(args) -> None:
     from specae.images.data import load_split
     from specae.images.objective import GANConfig
-    from specae.images.train import config_from_dict, fit_gan
+    from specae.images.train import fit_gan
+    from specae.plumbing import config_from_dict
 
     out = Path(args.output)
     _output(out)
@@ -41,7 +42,7 @@ def _train(args) -> None:
             raise SpecaeError(f"--resume: no earlier GAN run to continue in {out}")
         try:
             info = json.loads((out / "gan.json").read_text())
-            rec, cfg = info["data"], config_from_dict(info["config"])
+            rec, cfg = info["data"], config_from_dict(GANConfig, info["config"])
             split = (rec["tile"], rec["size"], rec["held_out"], rec["seed"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SpecaeError(f"{out / 'gan.json'}: damaged, cannot resume ({e})") from None

@@ -9,7 +9,6 @@ are stretched once into tensors, and the engine runs the GAN objective on them.
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +21,6 @@ from specae.images.checkpoint import GAN, load_net
 from specae.images.data import Images
 from specae.images.objective import GANConfig, GANObjective, recalibrated
 from specae.images.transforms import AsinhStretch
-
-
-def config_from_dict(d: dict) -> GANConfig:
-    """A GANConfig from gan.json's "config" (unknown keys ignored, tuples restored)."""
-    known = {f.name for f in fields(GANConfig)}
-    cfg = GANConfig(**{k: v for k, v in d.items() if k in known})
-    cfg.betas, cfg.diffaug = tuple(cfg.betas), tuple(cfg.diffaug)
-    return cfg
 
 
 def fit_gan(train: Images, val: Images | None = None, cfg: GANConfig | None = None, out_dir=None,
