@@ -42,17 +42,85 @@ import torch
 from specae.models.vae import LOG_2PI
 
 
-def linear_scan(alpha: torch.Tensor, beta: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-    """y_i = alpha_i y_{i-1} + beta_i along dim 1 (y_{-1} = 0; with `reverse`, y_i = alpha_i y_{i+1} + beta_i):
-    alpha (B, n), beta (B, n, C). Hillis-Steele doubling: stable while |alpha| <= 1, as here."""
-    if reverse:
-        return linear_scan(alpha.flip(1), beta.flip(1)).flip(1)
-    a, b, s, n = alpha, beta, 1, alpha.shape[1]
+def _scan(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """y_i = alpha_i y_{i-1} + beta_i along dim 1 (y_{-1} = 0): alpha (B, n), beta (B, n, C). Hillis-Steele
+    doubling, in place (no autograd: `_LinearScan` gives the gradient): stable while |alpha| <= 1, as here."""
+    a, b, s, n = alpha.clone(), beta.clone(), 1, alpha.shape[1]
     while s < n:
-        b = torch.cat([b[:, :s], b[:, s:] + a[:, s:, None] * b[:, :-s]], 1)
-        a = torch.cat([a[:, :s], a[:, s:] * a[:, :-s]], 1)
+        b[:, s:] += a[:, s:, None] * b[:, :-s]      # the right side is a new tensor: no overlap with the write
+        if 2 * s < n:
+            a[:, s:] = a[:, s:] * a[:, :-s]
         s *= 2
     return b
+
+
+def _shift(x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    """x_{i-1} along dim 1, `fill` before the first."""
+    return torch.cat([torch.full_like(x[:, :1], fill), x[:, :-1]], 1)
+
+
+def _ahead(x: torch.Tensor) -> torch.Tensor:
+    """x_{i+1} along dim 1, 0 after the last."""
+    return torch.cat([x[:, 1:], torch.zeros_like(x[:, :1])], 1)
+
+
+class _LinearScan(torch.autograd.Function):
+    """The recurrence's gradient is the same recurrence run backwards (lambda_i = g_i + alpha_{i+1} lambda_{i+1},
+    dL/dalpha_i = lambda_i . y_{i-1}): one more scan, instead of autograd through every doubling step."""
+
+    @staticmethod
+    def forward(ctx, alpha, beta):
+        y = _scan(alpha, beta)
+        ctx.save_for_backward(alpha, y)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        alpha, y = ctx.saved_tensors
+        lam = _scan(_ahead(alpha).flip(1), grad.flip(1)).flip(1)
+        return (lam * _shift(y)).sum(-1), lam
+
+
+def linear_scan(alpha: torch.Tensor, beta: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """y_i = alpha_i y_{i-1} + beta_i along dim 1 (y_{-1} = 0; with `reverse`, y_i = alpha_i y_{i+1} + beta_i):
+    alpha (B, n), beta (B, n, C); O(n log n) work in log2(n) batched steps, differentiable."""
+    if reverse:
+        return linear_scan(alpha.flip(1), beta.flip(1)).flip(1)
+    return _LinearScan.apply(alpha, beta)
+
+
+class _KalmanVariances(torch.autograd.Function):
+    """The filtered variances p_i = f(p_{i-1}, h_i) = u / (h_i u + 1), u = phi^2 p_{i-1} + 1 - phi^2, p_{-1} = 1.
+    Forward: the Moebius recurrence as a prefix product of non-negative 2x2 matrices (normalised against
+    overflow). Backward: its adjoint, lambda_{i-1} = g_{i-1} + lambda_i df_i/dp, a linear scan with
+    df/dp = phi^2 / (h u + 1)^2 <= 1, df/dh = -u^2 / (h u + 1)^2 and df/dphi^2 = (p_{i-1} - 1) / (h u + 1)^2."""
+
+    @staticmethod
+    def forward(ctx, h, phi2):
+        c = 1 - phi2
+        one = torch.ones_like(h)
+        m = torch.stack([torch.stack([phi2 * one, c * one], -1),
+                         torch.stack([h * phi2, h * c + 1], -1)], -2)                          # (B, n, 2, 2)
+        s, n = 1, h.shape[1]
+        while s < n:
+            prod = m[:, s:] @ m[:, :-s]
+            m = torch.cat([m[:, :s], prod / prod.sum((-1, -2), keepdim=True)], 1)
+            s *= 2
+        v = m.sum(-1)                                                                          # M [1, 1]
+        p = v[..., 0] / v[..., 1]
+        ctx.save_for_backward(h, phi2, p)
+        return p
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        h, phi2, p = ctx.saved_tensors
+        before = _shift(p, 1.0)
+        u = phi2 * before + 1 - phi2
+        k = 1 / (h * u + 1) ** 2
+        lam = linear_scan(_ahead(phi2 * k), grad[..., None], reverse=True)[..., 0]          # dL/dp_i
+        return -lam * u * u * k, (lam * (before - 1) * k).sum().reshape(phi2.shape)
 
 
 class OUPosterior:
@@ -63,21 +131,9 @@ class OUPosterior:
     pixel, q = 1 / (1 - phi^2)), a Moebius recurrence computed as a product of non-negative 2x2 matrices."""
 
     def __init__(self, h: torch.Tensor, phi: torch.Tensor):
-        b, n = h.shape
-        self.phi2 = phi ** 2
+        self.phi2 = torch.as_tensor(phi, dtype=h.dtype) ** 2
         self.q = 1 / (1 - self.phi2)
-        c = 1 - self.phi2
-        one = torch.ones_like(h)
-        # p_i = (phi^2 p + c) / (h phi^2 p + h c + 1) of p_{i-1}, p_{-1} = 1
-        m = torch.stack([torch.stack([self.phi2 * one, c * one], -1),
-                         torch.stack([h * self.phi2, h * c + 1], -1)], -2)                       # (B, n, 2, 2)
-        s = 1
-        while s < n:
-            prod = m[:, s:] @ m[:, :-s]
-            m = torch.cat([m[:, :s], prod / prod.sum((-1, -2), keepdim=True)], 1)
-            s *= 2
-        v = m.sum(-1)                                                                          # M [1, 1]
-        p = v[..., 0] / v[..., 1]
+        p = _KalmanVariances.apply(h, self.phi2)
         last = torch.zeros_like(h)
         last[:, -1] = 1
         self.d = 1 / p + self.phi2 * self.q * (1 - last)                                         # (B, n)
@@ -93,15 +149,13 @@ class OUPosterior:
     def solve(self, rhs: torch.Tensor) -> torch.Tensor:
         """T^-1 rhs for rhs (B, n, C)."""
         ratio = self.e / self.d                                                                # l_i
-        fwd = linear_scan(-torch.cat([torch.zeros_like(ratio[:, :1]), ratio[:, :-1]], 1), rhs)
-        return linear_scan(-torch.cat([ratio[:, :-1], torch.zeros_like(ratio[:, :1])], 1),
-                           fwd / self.d[..., None], reverse=True)
+        fwd = linear_scan(-_shift(ratio), rhs)
+        return linear_scan(-ratio, fwd / self.d[..., None], reverse=True)
 
     def inverse_diagonal(self) -> torch.Tensor:
         """(B, n) diag(T^-1): the posterior variance of g."""
         ratio = self.e / self.d
-        alpha = torch.cat([ratio[:, :-1] ** 2, torch.zeros_like(ratio[:, :1])], 1)
-        return linear_scan(alpha, (1 / self.d)[..., None], reverse=True)[..., 0]
+        return linear_scan(ratio ** 2, (1 / self.d)[..., None], reverse=True)[..., 0]
 
 
 @dataclass
