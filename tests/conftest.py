@@ -1,9 +1,25 @@
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config, items):
+    # the files whose fixtures train for minutes first, longest first (pytest.mark.slow(minutes=...)): the two
+    # workers run them beside the rest of the suite rather than at its end
+    items.sort(key=lambda item: -(m.kwargs["minutes"] if (m := item.get_closest_marker("slow")) else 0))
+
+
+def pytest_configure(config):
+    # the suite runs in one worker per core (pytest-xdist, pyproject's addopts): one torch thread each, so the
+    # workers do not fight over the cores
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def run(capsys, *argv):
