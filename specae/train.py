@@ -26,7 +26,7 @@ from specae.engine import EngineConfig, Objective, Runtime, StepContext, adamw
 from specae.engine import train as run_engine
 from specae.engine.loop import STATE, load_history
 from specae.errors import CountWarning, SpecaeError
-from specae.model_dir import load_model, save_model
+from specae.model_dir import load_model, round_weights, save_model
 from specae.models.card import data_summary
 from specae.models.config import ModelConfig
 from specae.models.vae import SpectrumVAE, chi2, gaussian_nll, kl_normal
@@ -407,6 +407,7 @@ def fit(train, val=None, model_cfg: ModelConfig | None = None, cfg: TrainConfig 
     extra = {"train_config": asdict(cfg), "n_train": n_train, "n_val": n_val, "data": seen,
              "training_data": data_summary(sample, files or [])}
     history = run_engine(VAEObjective(model, cfg), train_src, val_src, cfg, out_dir, resume, callbacks, rt, extra)
+    round_weights(model)   # the best weights as saved (float16 layers): the model calibrated and used is that one
     history["validation"] = val_cal
     return model, history
 
