@@ -2,6 +2,7 @@
 their closed forms, the redshift shift, checkpoints, the training loop's stopping rules and failure
 modes, and the units and finiteness of denoised output. Everything is tiny, so the file runs in seconds."""
 
+import copy
 import json
 import math
 import shutil
@@ -22,7 +23,7 @@ from specae.calibration import Calibration, fit_calibration, model_input, model_
 from specae.denoise import denoise, encode, heldout
 from specae.errormodel import solve
 from specae.errors import SpecaeError
-from specae.model_dir import load_model, save_model
+from specae.model_dir import load_model, round_weights, save_model
 from specae.models import ModelConfig, SpectrumVAE
 from specae.models.vae import chi2, gaussian_nll, kl_normal
 from specae.train import TrainConfig, build_model, fit
@@ -367,7 +368,9 @@ def test_early_stopping_restores_the_best_weights(stars, monkeypatch, start_is_b
     model, history = fit(stars, model_cfg=small_cfg(), cfg=tcfg(epochs=30, patience=3))
     assert history["epoch"] == [0, 1, 2, 3]
     assert history["best_epoch"] == (-1 if start_is_best else 0)
-    best = snapshots[0 if start_is_best else 1]   # the start's evaluation, or epoch 0's
+    best = copy.deepcopy(model)
+    best.load_state_dict(snapshots[0 if start_is_best else 1])   # the start's evaluation, or epoch 0's
+    best = round_weights(best).state_dict()                         # as fit ends: as saved
     for k, v in model.state_dict().items():
         assert torch.equal(v, best[k]), k
 
