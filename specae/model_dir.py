@@ -7,6 +7,7 @@ the weights) exists only while a run trains, or when it is kept for --resume."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -126,4 +127,30 @@ def replace_model(new, directory) -> None:
         os.replace(new, d)
 
 
-__all__ = ["MODEL_FILES", "save_model", "load_model", "holds_model", "refuse_existing", "replace_model"]
+@contextlib.contextmanager
+def staged(directory, overwrite: bool = False):
+    """The directory to write a model into: `directory` itself, unless `overwrite` and it already holds a model; then
+    a hidden one beside it, which takes its place (`replace_model`) when the block ends without error and is removed
+    when it does not, so an interrupted run leaves the earlier model as it was. Refused as `refuse_existing` says
+    without `overwrite`."""
+    refuse_existing(directory, overwrite=overwrite)
+    if directory is None or not holds_model(directory):
+        yield directory
+        return
+    work = Path(directory).resolve()   # resolved: "." has no name to stage beside
+    work = work.with_name(f".{work.name}.new")
+    main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0   # under torchrun: rank 0's
+    if main:
+        shutil.rmtree(work, ignore_errors=True)   # left by a run killed before it could clean up
+    try:
+        yield work
+        if main:
+            replace_model(work, directory)
+    except BaseException:
+        if main:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+__all__ = ["MODEL_FILES", "save_model", "load_model", "holds_model", "refuse_existing", "replace_model",
+           "staged", "round_weights"]

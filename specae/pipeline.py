@@ -12,7 +12,7 @@ Training knows nothing of calibration or denoising; this module, on the inferenc
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -24,7 +24,7 @@ from specae.data.spectra import Spectra
 from specae.denoise import Denoised, HeldOut, Latents, denoise, encode, heldout
 from specae.engine.loop import load_history, remove_state
 from specae.errors import SpecaeError
-from specae.model_dir import holds_model, load_model, refuse_existing, replace_model, save_model
+from specae.model_dir import load_model, refuse_existing, save_model, staged
 from specae.models.config import ModelConfig
 from specae.models.vae import SpectrumVAE
 from specae.plumbing import config_from_dict
@@ -66,12 +66,7 @@ def fit_calibrated(train, val=None, model_cfg: ModelConfig | None = None, cfg: T
     t0 = time.monotonic()
     budget = None if cfg.max_minutes is None else 60 * cfg.max_minutes
     share = cfg if budget is None else replace(cfg, max_minutes=TRAIN_SHARE * cfg.max_minutes)
-    work, staged = out_dir, overwrite and out_dir is not None and holds_model(out_dir)
-    if staged:
-        work = Path(out_dir).resolve()   # resolved: "." has no name to stage beside
-        work = work.with_name(f".{work.name}.new")
-        shutil.rmtree(work, ignore_errors=True)   # left by a run killed before it could clean up
-    try:
+    with contextlib.nullcontext(out_dir) if resume else staged(out_dir, overwrite) as work:
         model, history = fit(train, val, model_cfg, share, work, resume, callbacks, files)
         validation = history.pop("validation")
         if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
@@ -79,16 +74,10 @@ def fit_calibrated(train, val=None, model_cfg: ModelConfig | None = None, cfg: T
         history["train_config"] = asdict(cfg)   # the budget given, not the training share of it
         calibrate_and_check(model, validation, history, seed=cfg.seed,
                             seconds=None if budget is None else budget - (time.monotonic() - t0))
-        if out_dir is not None:
+        if work is not None:
             save_model(model, work, history)
             if not keep_state:
                 remove_state(work)
-            if staged:
-                replace_model(work, out_dir)
-    except BaseException:
-        if staged:
-            shutil.rmtree(work, ignore_errors=True)
-        raise
     return model, history
 
 

@@ -140,6 +140,26 @@ def test_calibrate_rewrites_the_card(model, stars, tmp_path, capsys):
     assert "- spectra: 27 training, 3 validation" in card   # the training run's, carried over
 
 
+def test_calibrate_refuses_an_existing_model_and_overwrites_only_when_asked(model, stars, tmp_path, capsys):
+    m = tmp_path / "m"
+    shutil.copytree(model, m)
+    (m / "notes.txt").write_text("mine")
+    before, other = snapshot(m), snapshot(model)
+    for extra in ((), ("--overwrite",)):   # the model itself: an input, never overwritten
+        code, _, err = run(capsys, "calibrate", m, stars, "-o", m, *extra)
+        assert code == 2 and one_error_line(err) and "would replace the input" in err, err
+    code, _, err = run(capsys, "calibrate", model, stars, "-o", m)   # another model
+    assert code == 2 and one_error_line(err) and "already holds a model" in err and "--overwrite" in err, err
+    assert snapshot(m) == before and snapshot(model) == other
+    cal = json.loads((m / "calibration.json").read_text())
+    assert run(capsys, "calibrate", model, tmp_path / "absent.h5", "-o", m, "--overwrite")[0] == 2
+    assert snapshot(m) == before                                   # a failed run leaves it as it was
+    assert run(capsys, "calibrate", model, stars, "-o", m, "--overwrite")[0] == 0
+    assert {p.name for p in m.iterdir()} == FINISHED | {"notes.txt"} and (m / "notes.txt").read_text() == "mine"
+    assert json.loads((m / "calibration.json").read_text())["n_spectra"] == 30 != cal["n_spectra"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no staging directory left
+
+
 def test_training_into_an_existing_model_is_refused_before_any_work(model, stars, tmp_path, capsys):
     before = snapshot(model)
     for data in (stars, tmp_path / "no-such-file.h5"):   # refused before the data are even looked at

@@ -74,16 +74,18 @@ def _calibrate(args) -> None:
     from specae.calibration import FITTED
     from specae.engine.loop import load_history
     from specae.inputs import read_all
-    from specae.model_dir import save_model
+    from specae.model_dir import refuse_existing, save_model, staged
     from specae.pipeline import calibrate_and_check
 
+    refuse_existing(args.output, overwrite=args.overwrite)   # before the work, not after it
     model = load_for_inference(args)
     run = Path(args.model) / "history.json"
     history = load_history(run) if run.is_file() else {}   # the training run's, for the card
     spectra = read_all(args.data, model.wave)
     calibrate_and_check(model, spectra, history, args.posterior, seed=args.seed)
     cal = model.calibration
-    save_model(model, args.output, history)
+    with staged(args.output, args.overwrite) as work:
+        save_model(model, work, history)
     fitted = asdict(cal)
     print(f"calibrated on {cal.n_pixels} held-out pixels of {cal.n_spectra} spectra (mean -log L {cal.heldout_nll:.4f}); "
           + ", ".join(f"{name} {fitted[name]:.4g}" for name, _, _ in FITTED) + f"; model in {args.output}")
@@ -266,6 +268,9 @@ def register(sub) -> None:
     c.add_argument("data", nargs="+", metavar="DATA", help="spectra the model did not train on (files or globs)")
     c.add_argument("-o", "--output", type=directory, required=True, metavar="NEW_MODEL",
                    help="model directory to write")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace the model already in NEW_MODEL (MODEL itself included), once the recalibrated one "
+                        "is written whole (without it, an existing model directory is refused)")
     c.add_argument("--posterior", choices=("laplace", "decoder"), default="laplace",
                    help="the latent posterior the model will denoise with (default laplace)")
     c.add_argument("--seed", type=seed, default=0, metavar="S", help="which spectra, where there are more than needed")
