@@ -160,6 +160,21 @@ def test_calibrate_refuses_an_existing_model_and_overwrites_only_when_asked(mode
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no staging directory left
 
 
+def test_calibrate_takes_a_time_budget(model, stars, tmp_path, capsys, monkeypatch):
+    import specae.pipeline as pipeline
+
+    asked, real = [], pipeline.fit_calibration
+    monkeypatch.setattr(pipeline, "fit_calibration", lambda *a, **k: asked.append(k["seconds"]) or real(*a, **k))
+    assert run(capsys, "calibrate", model, stars, "-o", tmp_path / "a", "--max-minutes", "0.5")[0] == 0
+    assert run(capsys, "calibrate", model, stars, "-o", tmp_path / "b")[0] == 0
+    assert asked == [30.0, None]
+    assert json.loads((tmp_path / "a" / "calibration.json").read_text())["n_spectra"] == 30   # 30 s: all of them
+    with pytest.raises(SystemExit) as e:   # refused where it is parsed
+        run(capsys, "calibrate", model, stars, "-o", tmp_path / "c", "--max-minutes", "0")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and one_error_line(err) and "--max-minutes" in err and not (tmp_path / "c").exists()
+
+
 def test_training_into_an_existing_model_is_refused_before_any_work(model, stars, tmp_path, capsys):
     before = snapshot(model)
     for data in (stars, tmp_path / "no-such-file.h5"):   # refused before the data are even looked at

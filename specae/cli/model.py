@@ -82,7 +82,8 @@ def _calibrate(args) -> None:
     run = Path(args.model) / "history.json"
     history = load_history(run) if run.is_file() else {}   # the training run's, for the card
     spectra = read_all(args.data, model.wave)
-    calibrate_and_check(model, spectra, history, args.posterior, seed=args.seed)
+    calibrate_and_check(model, spectra, history, args.posterior, seed=args.seed,
+                        seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     cal = model.calibration
     with staged(args.output, args.overwrite) as work:
         save_model(model, work, history)
@@ -274,6 +275,10 @@ def register(sub) -> None:
     c.add_argument("--posterior", choices=("laplace", "decoder"), default="laplace",
                    help="the latent posterior the model will denoise with (default laplace)")
     c.add_argument("--seed", type=seed, default=0, metavar="S", help="which spectra, where there are more than needed")
+    c.add_argument("--max-minutes", type=positive, default=None, metavar="M",
+                   help="fit within about M minutes: as many pixels as the time allows, timed on this machine, and the "
+                        "fit stopped at its best point so far when the time is up (the card says how many pixels; "
+                        "default: no cap, up to 1e6 pixels)")
     add_runtime_options(c)
     c.set_defaults(func=_calibrate)
 
