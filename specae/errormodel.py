@@ -100,15 +100,17 @@ class _KalmanVariances(torch.autograd.Function):
     def forward(ctx, h, phi2):
         c = 1 - phi2
         one = torch.ones_like(h)
-        m = torch.stack([torch.stack([phi2 * one, c * one], -1),
-                         torch.stack([h * phi2, h * c + 1], -1)], -2)                          # (B, n, 2, 2)
+        m = [phi2 * one, c * one, h * phi2, h * c + 1]            # the matrices' entries 00, 01, 10, 11: (B, n) each
         s, n = 1, h.shape[1]
-        while s < n:
-            prod = m[:, s:] @ m[:, :-s]
-            m = torch.cat([m[:, :s], prod / prod.sum((-1, -2), keepdim=True)], 1)
+        while s < n:   # M_i <- M_i M_{i-s}, written out: a batched matmul of 2x2 matrices is slower
+            a, b = [x[:, s:] for x in m], [x[:, :-s] for x in m]
+            prod = [a[0] * b[0] + a[1] * b[2], a[0] * b[1] + a[1] * b[3], a[2] * b[0] + a[3] * b[2],
+                    a[2] * b[1] + a[3] * b[3]]
+            total = prod[0] + prod[1] + prod[2] + prod[3]
+            for x, y in zip(m, prod):
+                x[:, s:] = y / total
             s *= 2
-        v = m.sum(-1)                                                                          # M [1, 1]
-        p = v[..., 0] / v[..., 1]
+        p = (m[0] + m[1]) / (m[2] + m[3])                                                      # M [1, 1]
         ctx.save_for_backward(h, phi2, p)
         return p
 
