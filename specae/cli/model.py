@@ -270,8 +270,8 @@ def register(sub) -> None:
     c.add_argument("-o", "--output", type=directory, required=True, metavar="NEW_MODEL",
                    help="model directory to write")
     c.add_argument("--overwrite", action="store_true",
-                   help="replace the model already in NEW_MODEL (MODEL itself included), once the recalibrated one "
-                        "is written whole (without it, an existing model directory is refused)")
+                   help="replace the model already in NEW_MODEL, once the recalibrated one is written whole "
+                        "(without it, an existing model directory is refused; MODEL itself, an input, always is)")
     c.add_argument("--posterior", choices=("laplace", "decoder"), default="laplace",
                    help="the latent posterior the model will denoise with (default laplace)")
     c.add_argument("--seed", type=seed, default=0, metavar="S", help="which spectra, where there are more than needed")
