@@ -314,7 +314,7 @@ def test_demo_trains_the_epochs_asked_and_reports_its_time(tmp_path, capsys, mon
     monkeypatch.chdir(ROOT)   # the demo reads the bundled ./data set when it is there
     out = tmp_path / "demo"
     # a budget as well, for the calibration's sake: far more than 2 epochs need, so the epochs stop training
-    code, stdout, _ = run(capsys, "demo", "-o", out, "--epochs", "2", "--max-minutes", "0.25")
+    code, stdout, _ = run(capsys, "demo", "-o", out, "--epochs", "2", "--max-minutes", "0.5")
     assert code == 0
     for name in ("summary.txt", "denoised.png", "training.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
