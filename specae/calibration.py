@@ -250,8 +250,7 @@ def fit_calibration(model, spectra: Spectra, kind: str = "laplace", max_pixels: 
             break   # no time left to refit the latent posterior under the fitted constants
         chunks = terms(rows, cal)
         if step == 0:
-            quarter = [c.take(slice(None, None, 4)) for c in chunks]   # every fourth spectrum (every fourth
-            # chunk was all of a small set)
+            quarter = terms(rows[::4], cal)   # every fourth spectrum (every fourth chunk was all of a small set)
             starts = [_fit_constants(quarter, replace(START, outlier_scale=k), active, deadline)
                       for k in OUTLIER_STARTS]
             cal = min(starts, key=lambda fit: fit[1])[0]

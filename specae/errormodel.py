@@ -175,10 +175,6 @@ class Inputs:
     def cpu(self) -> "Inputs":
         return Inputs(**{k: v.cpu() for k, v in vars(self).items()})
 
-    def take(self, rows) -> "Inputs":
-        """These spectra only (an index or slice of the batch)."""
-        return Inputs(**{k: v if k == "prior" else v[rows] for k, v in vars(self).items()})
-
 
 SPECTRUM_SCALE_STEPS = 8
 
