@@ -767,13 +767,14 @@ def main(argv: list[str] | None = None) -> dict:
                              args.results_dir, device, notes, {"Error model": errors})
 
     param, values = args.sweep
-    per_value, rows, cache = [], [], {}
+    per_value, rows, errors, cache = [], [], [], {}
     for v in values:
         point_args = replace_ns(args, **{SWEEPS[param]: v}) if SWEEPS[param] else args
         point = ds.with_train(v) if param == "n-train" else ds
         figures, point_rows, _ = evaluate(point, point_args, cache)
         per_value.append({param: v, "n_train": point.n_train, **figures})
         rows += [{param: v, **r} for r in point_rows]
+        errors += [{param: v, **r} for m, f in figures["methods"].items() for r in error_model_rows(ds, m, f)]
     spread = {}
     if param == "seed":     # every figure's mean and standard deviation over the trainings
         spread = {stat: {m: _over_points(per_value, m, fn) for m in per_value[0]["methods"]}
@@ -781,11 +782,12 @@ def main(argv: list[str] | None = None) -> dict:
         oracle = spread["mean"].get("oracle", {}).get("rmse_all")
         for stat, per_method in spread.items():
             rows += [{param: stat, **row(ds, m, f, oracle if stat == "mean" else None)} for m, f in per_method.items()]
+            errors += [{param: stat, **r} for m, f in per_method.items() for r in error_model_rows(ds, m, f)]
     reference = "oracle" if ds.emulator is not None else "noisy"
     wall = {"wall_minutes": (time.perf_counter() - started) / 60}
     return write_results(name, {**base, "sweep": param, "points": per_value, **spread, **wall}, rows, command,
                          {"sweep": plot_sweep(param, values, per_value, reference)}, args.results_dir, device,
-                         notes)
+                         notes, {"Error model": errors})
 
 
 def _over_points(per_value: list[dict], method: str, fn) -> dict:
