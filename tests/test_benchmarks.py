@@ -153,6 +153,12 @@ def test_seed_sweep_reports_the_spread_of_every_figure_over_trainings(tmp_path, 
     assert fig["sd"]["noisy"]["rmse_all"] == 0               # the data do not change with the seed
     assert [r["seed"] for r in data["table"]] == [1, 1, 1, 2, 2, 2, "mean", "mean", "mean", "sd", "sd", "sd"]
     assert "| mean | vae-mlp |" in md and "| sd | vae-mlp |" in md
+    # the error-model table too: each training's rows, then the mean and spread over them
+    errors = [r for r in data["tables"]["Error model"] if r["method"] == "vae-mlp" and r["pixels"] == "all"]
+    assert [r["seed"] for r in errors] == [1, 2, "mean", "sd"]
+    assert errors[2]["±1σ"] == pytest.approx(np.mean([v["coverage_1sigma_all"] for v in vae]))
+    assert errors[3]["±1σ"] == pytest.approx(np.std([v["coverage_1sigma_all"] for v in vae], ddof=1))
+    assert "## Error model" in md
 
 
 def test_without_a_time_budget_spender_trains_its_epochs(tmp_path, one_thread):
@@ -202,3 +208,19 @@ def test_quality_streams_a_large_training_set_from_hdf5(tmp_path, monkeypatch, o
     ds = quality.make_dataset("galaxy", 300, 40, "300", 1, store)      # a second run reuses the files
     assert [f.stat().st_mtime_ns for f in files] == stamps and ds.n_train == 300 and len(ds.train) == 100
     np.testing.assert_array_equal(ds.with_train(300).files, files)
+
+
+def test_stability_calibrates_one_model_on_each_sample_and_scores_each_against_the_truth(tmp_path, one_thread):
+    from benchmarks import stability
+    argv = ["--quick", "--n-train", "400", "--samples", "2", "--rows", "10", "--test-rows", "40", "--results-dir",
+            str(tmp_path)]
+    written = stability.main(argv)
+    data = json.loads(written["stability-demo-quick.json"].read_text())
+    assert data["command"] == "python -m benchmarks.stability " + " ".join(argv)
+    fits = data["figures"]["fits"]
+    assert list(fits) == ["sample 1 (10 spectra)", "sample 2 (10 spectra)", "all (60 spectra)"]
+    assert [f["calibration"]["n_spectra"] for f in fits.values()] == [10, 10, 60]
+    within = [f["within_1sigma"] for f in fits.values()]
+    assert all(0 < w < 1 for w in within) and data["figures"]["within_1sigma_range"] == [min(within), max(within)]
+    assert all(f["within_2sigma"] > f["within_1sigma"] for f in fits.values())
+    assert all(math.isfinite(x) for x in _finite_numbers(data))
