@@ -3,12 +3,14 @@
 `Calibration` names every constant that shapes the denoised sigma (the equations are specae.errormodel's):
 the survey's noise scale s_n, the decoder scatter's factor b and its growth f^-gamma where the training
 coverage f is thin, the fraction rho of the model error that is correlated along wavelength and its
-length l, the spread tau of each spectrum's own scale, and the outliers' fraction eps and variance factor
-kappa. `fit_calibration(model, spectra)` fits them all at once on spectra the model did not train on (the
+length l, and the outliers' fraction eps and variance factor kappa. `fit_calibration(model, spectra)` fits them all at once on spectra the model did not train on (the
 validation set, or another survey's spectra: no truth is needed): each valid pixel is predicted from all
 the other pixels of its spectrum (the exact leave-one-out identity of the linearised Gaussian model), and
 the constants maximise the mean log-likelihood of those predictions (L-BFGS-B on exact gradients). The
-latent posterior is then refitted under the calibrated weights and the constants fitted once more.
+likelihood has separate optima (a few far outliers or many near ones; a model error correlated over a few pixels
+or over the whole spectrum), so the first fit runs from several starts on a quarter of the spectra, and goes on
+from the start most likely on all of them. The latent posterior is then refitted under the calibrated weights
+and the constants fitted once more.
 No constant is chosen against a truth.
 """
 
@@ -33,7 +35,7 @@ from specae.plumbing import config_from_dict
 from specae.uncertainty import SCALE_PRIOR
 from specae.uncertainty import posterior as latent_posterior
 
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2      # 2: no spectrum_spread (specae.errormodel says why)
 
 
 @dataclass
@@ -44,7 +46,6 @@ class Calibration:
     coverage_power: float = 0.0      # gamma: growth f^-gamma of the model variance where coverage f is thin
     smooth_fraction: float = 0.0     # rho: the part of the model variance correlated along wavelength
     smooth_length: float = 1.0       # l: its correlation length [pixels]
-    spectrum_spread: float = 0.0     # tau: sd of log s, each spectrum's own scale of its model variance
     outlier_fraction: float = 0.0    # eps: pixels whose white model error is wider
     outlier_scale: float = 1.0       # kappa: by this factor in variance
     n_spectra: int = 0               # spectra and held-out pixels it was fitted on
@@ -73,27 +74,28 @@ class Calibration:
 # The bounds are the range where the held-out pixels can say anything, not a prior.
 FITTED = (("noise_scale", (0.5, 2.0), True), ("model_scale", (1e-2, 1e2), True), ("coverage_power", (0.0, 2.0), False),
           ("smooth_fraction", (0.0, 0.95), False), ("smooth_length", (1.0, None), True),
-          ("spectrum_spread", (0.0, 2.0), False), ("outlier_fraction", (0.0, 0.5), False),
-          ("outlier_scale", (1.0, 1e4), True))
-# Where the fit starts: off the boundaries of rho, tau and eps, whose gradients vanish there
-START = Calibration(smooth_fraction=0.3, smooth_length=10.0, spectrum_spread=0.3, outlier_fraction=0.01,
-                    outlier_scale=10.0)
+          ("outlier_fraction", (0.0, 0.5), False), ("outlier_scale", (1.0, 1e4), True))
+# Where the fit starts: off the boundaries of rho and eps, whose gradients vanish there
+START = Calibration(smooth_fraction=0.3, smooth_length=10.0, outlier_fraction=0.01, outlier_scale=10.0)
 # Held-out pixels per fit: bounds its cost whatever the set's size; 1e6 pixels resolve differences of about 1e-3
 # in the log-likelihood per pixel, a few per cent in the model variance where the noise is 80 times larger
 CALIBRATION_PIXELS = 1_000_000
 CHUNK_PIXELS = 100_000             # pixels per autograd pass (memory)
 ROUNDS = 2                         # fit, refit the latent posterior under the fitted weights, fit again
-# The likelihood of a scale mixture has separate optima for a few far outliers and many near ones (on a linear
-# set with 3 % of pixels 400 times wider, the start at kappa 10 ended at 33 with the noise scale at 0.73): the
-# first fit starts from each of these kappa on a quarter of the pixels, and goes on from the most likely
+# The first fit starts from each of these kappa and lengths, on a quarter of the spectra. The likelihood of a scale
+# mixture has separate optima for a few far outliers and many near ones (on a linear set with 3 % of pixels 400
+# times wider, the start at kappa 10 ended at 33 with the noise scale at 0.73); the model error's correlation
+# length has one over a few pixels and one over the whole spectrum (the demo's stars: from l = 10 one fit in
+# four stayed at 10, 3e-4 nats per pixel less likely than the others at the whole spectrum)
 OUTLIER_STARTS = (10.0, 100.0, 1000.0)
+LENGTH_STARTS = (10.0, 0.25)       # pixels; a number under 1: that fraction of the spectrum
 # Stop when the mean log-likelihood per pixel changes by under 1e-7 (relative): 0.1 nat over 1e6 pixels
 FTOL = 1e-7
 MAX_ITER = 100
 # Evaluations of the likelihood over all the pixels that a fit takes (beside ROUNDS passes of the model terms), for
-# a time budget: on the emulator's stars at 3e4 and 1e5 pixels the starts on a quarter took 15-25 evaluations each
-# and the full fits 2-4 (about 18 in all)
-EVALS = 20
+# a time budget: on the demo's stars (1.9e5 pixels) the six starts on a quarter, the choice among them and the two
+# full fits took the work of 60
+EVALS = 60
 
 
 def model_input(model, spectra: Spectra) -> tuple[Batch, np.ndarray, Spectra]:
@@ -146,14 +148,6 @@ def _as_params(cal: Calibration, active) -> np.ndarray:
     return np.array([math.log(getattr(cal, name)) if log else getattr(cal, name) for name, _, log in active])
 
 
-# Each spectrum's scale is estimated from its own residuals. Fitted from all of them, it would also fit each
-# spectrum's own noise (one free variance per spectrum): on a stellar model the held-out likelihood then chose
-# tau at its bound and sigma twice too wide (+-1 sigma 89 %). So a pixel's prediction is scored with the scale
-# estimated from the other half of its spectrum: interleaved blocks of SCALE_BLOCK pixels, longer than the
-# model error's correlation, so a pixel's own error does not reach its scale through its neighbours.
-SCALE_BLOCK = 64
-
-
 def _negloglik(chunks: list[Inputs], values: torch.Tensor, active, base: Calibration) -> torch.Tensor:
     """Mean negative held-out log-likelihood per pixel over `chunks`, gradients accumulated into `values`."""
     total = sum(int((c.ivar > 0).sum()) for c in chunks)
@@ -163,16 +157,18 @@ def _negloglik(chunks: list[Inputs], values: torch.Tensor, active, base: Calibra
         for (name, _, log), v in zip(active, values):
             cal[name] = v.exp() if log else v
         cal = SimpleNamespace(**cal)      # constants that may be tensors, for gradients
-        half = (torch.arange(inp.x.shape[1]) // SCALE_BLOCK) % 2 == 0
-        part = 0.0
-        for scored in (half, ~half):
-            out = solve(inp, cal, scale_pixels=~scored)
-            ll, _ = outlier_loglik(inp.x, out["loo_mean"], out["loo_var"], out["white"], cal.outlier_fraction,
-                                   cal.outlier_scale)
-            part = part - torch.where((inp.ivar > 0) & scored, ll, torch.zeros_like(ll)).sum() / total
+        out = solve(inp, cal)
+        ll, _ = outlier_loglik(inp.x, out["loo_mean"], out["loo_var"], out["white"], cal.outlier_fraction,
+                               cal.outlier_scale)
+        part = -torch.where(inp.ivar > 0, ll, torch.zeros_like(ll)).sum() / total
         part.backward()
         loss += float(part.detach())
     return loss
+
+
+def _likelihood(chunks: list[Inputs], cal: Calibration, active) -> float:
+    """Mean negative held-out log-likelihood per pixel of `cal` over `chunks`."""
+    return _negloglik(chunks, torch.tensor(_as_params(cal, active), requires_grad=True), active, cal)
 
 
 class _OutOfTime(Exception):
@@ -242,7 +238,7 @@ def fit_calibration(model, spectra: Spectra, kind: str = "laplace", max_pixels: 
         t0 = time.monotonic()
         first = terms(rows[:per_chunk], cal)
         t1 = time.monotonic()
-        _negloglik(first, torch.tensor(_as_params(cal, active), requires_grad=True), active, cal)
+        _likelihood(first, cal, active)
         per_pixel = (ROUNDS * (t1 - t0) + EVALS * (time.monotonic() - t1)) / int(n_valid[rows[:per_chunk]].sum())
         rows = taking(min(max_pixels, (deadline - time.monotonic()) / per_pixel))
     for step in range(ROUNDS):
@@ -251,9 +247,9 @@ def fit_calibration(model, spectra: Spectra, kind: str = "laplace", max_pixels: 
         chunks = terms(rows, cal)
         if step == 0:
             quarter = terms(rows[::4], cal)   # every fourth spectrum (every fourth chunk was all of a small set)
-            starts = [_fit_constants(quarter, replace(START, outlier_scale=k), active, deadline)
-                      for k in OUTLIER_STARTS]
-            cal = min(starts, key=lambda fit: fit[1])[0]
+            starts = [_fit_constants(quarter, replace(START, outlier_scale=k, smooth_length=l if l >= 1 else l * npix),
+                                     active, deadline)[0] for k in OUTLIER_STARTS for l in LENGTH_STARTS]
+            cal = min(starts, key=lambda c: _likelihood(chunks, c, active))
         cal, nll = _fit_constants(chunks, cal, active, deadline)
     cal = replace(cal, n_spectra=len(rows), n_pixels=int(n_valid[rows].sum()), heldout_nll=nll)
     model.calibration = cal

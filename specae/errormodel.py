@@ -5,11 +5,9 @@ In model space (normalised flux; one spectrum, pixels i) the data are
     x_i = e^t mu_i(z) + delta_i + n_i
     n_i ~ N(0, s_n^2 / ivar_i)                       measurement noise; ivar 0 (masked): no information
     delta_i = a_i g_i + w_i                          the model's error
-    v_i = s b^2 f_i^-gamma sigma_i^2                 its variance: the decoder's scatter sigma (at the posterior
+    v_i = b^2 f_i^-gamma sigma_i^2                   its variance: the decoder's scatter sigma (at the posterior
                                                      mode, amplitude e^t included), grown where a fraction f of
-                                                     the training set covered the pixel, times s, the spectrum's
-                                                     own scale, log s ~ N(0, tau^2), taken at its mode
-                                                     given the spectrum's residuals
+                                                     the training set covered the pixel
     a_i^2 = rho v_i,  g ~ OU(length l)               a fraction rho correlated along wavelength: g has unit
                                                      variance and correlation exp(-|i - j| / l)
     w_i ~ N(0, (1 - rho) v_i)                        the rest white; a fraction eps of the pixels has it kappa
@@ -24,6 +22,14 @@ everything is Gaussian and exact:
                        Cov[y | x] = G C G^T + Cov[delta | x, u],  G = J - Sigma_delta R^-1 J
     held-out pixel     x_i given all other pixels: mean x_i - [R_x^-1 r']_i / [R_x^-1]_ii, variance
                        1 / [R_x^-1]_ii, R_x = R + J P^-1 J^T (the classic leave-one-out identity)
+There is no scale of v per spectrum. With one (log s ~ N(0, tau^2), s at its mode given the spectrum's own
+residuals, as this model had until December 2026) the held-out likelihood cannot tell b from tau: the spectra
+whose residuals pin their own s predict their pixels equally well at any b, and those that cannot are
+noise-dominated, though b sets most of their sigma. Calibrated on three samples of 100 of the demo's validation
+spectra and on all 300 (benchmarks/results/stability-demo.md), the fits with it reached tau 0.03-2.0 and b
+0.09-0.29, and 51-66 % of true values inside +-1 sigma; without it 66-77 % (72 % on all 300). A spectrum
+unlike the training set widens its sigma through the latent posterior and the decoder's scatter only; one from
+another survey needs the model recalibrated on that survey's spectra.
 Masked pixels are inpainted by the same posterior (the latents and the correlated part carry their
 neighbours' information); where the model misses a strong line, the white part's heavy tail lets the
 measurement win. R^-1 needs the posterior of g, whose precision T = K^-1 + A D^-1 A is tridiagonal: its
@@ -176,38 +182,17 @@ class Inputs:
         return Inputs(**{k: v.cpu() for k, v in vars(self).items()})
 
 
-SPECTRUM_SCALE_STEPS = 8
-
-
-def spectrum_scale(r2, noise, v, valid, tau) -> torch.Tensor:
-    """(B, 1) each spectrum's scale s of its model variance: the mode of log s under N(0, tau^2) given its
-    residuals r2 = (x - m)^2 ~ N(0, noise + s v) on valid pixels (Fisher scoring)."""
-    t = torch.zeros(r2.shape[0], 1, dtype=r2.dtype, device=r2.device)
-    if float(torch.as_tensor(tau).detach()) <= 1e-3:
-        return t.exp()
-    for _ in range(SPECTRUM_SCALE_STEPS):
-        s = t.exp()
-        var = noise + s * v
-        w = torch.where(valid, s * v / var, torch.zeros_like(var))                     # d log var / d log s
-        grad = t / tau ** 2 + (0.5 * w * (1 - r2 / var)).sum(1, keepdim=True)
-        info = 1 / tau ** 2 + (0.5 * w * w).sum(1, keepdim=True)
-        t = (t - grad / info).clamp(-6, 6)
-    return t.exp()
-
-
 def _rowquad(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """(B, n) diag(A C A^T) for A (B, n, P), C (B, P, P)."""
     return torch.einsum("bnp,bpq,bnq->bn", a, c, a)
 
 
-def solve(inp: Inputs, cal, inflate: torch.Tensor | None = None,
-          scale_pixels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def solve(inp: Inputs, cal, inflate: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The posterior of every pixel and the held-out prediction of every valid one (module docstring).
 
     `cal` holds the constants (floats or 0-d tensors): noise_scale s_n, model_scale b, coverage_power gamma,
-    smooth_fraction rho, smooth_length l (pixels), spectrum_spread tau. `inflate` (B, n) multiplies the white
-    model variance (the outlier responsibilities); `scale_pixels` (n,) bool: the pixels whose residuals set each
-    spectrum's scale (default all). Returns (B, n) tensors: "mean", "var" (the truth's posterior),
+    smooth_fraction rho, smooth_length l (pixels). `inflate` (B, n) multiplies the white model variance (the
+    outlier responsibilities). Returns (B, n) tensors: "mean", "var" (the truth's posterior),
     "loo_mean", "loo_var" (the measurement x_i predicted from the other pixels, noise included), "white" (the
     white model variance), and what the pixel covariance needs ("factor" (B, n, P), "diag", "band", and the
     OU factorisation "ou")."""
@@ -215,8 +200,6 @@ def solve(inp: Inputs, cal, inflate: torch.Tensor | None = None,
     r = torch.where(valid, inp.x - inp.m, torch.zeros_like(inp.x))
     noise = torch.where(valid, cal.noise_scale ** 2 / inp.ivar.clamp_min(1e-300), torch.ones_like(inp.x))
     v = cal.model_scale ** 2 * inp.coverage ** -cal.coverage_power * inp.var_model
-    v = v * spectrum_scale(r * r, noise, v, valid if scale_pixels is None else valid & scale_pixels,
-                           cal.spectrum_spread)
     rho = cal.smooth_fraction
     white = (1 - rho) * v * (1 if inflate is None else inflate)
     amp = (rho * v + 1e-300).sqrt()          # not sqrt(0): its infinite derivative would make the gradient NaN
