@@ -21,13 +21,12 @@ Writes benchmarks/results/lamost.json and .md through benchmarks/report.py.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import numpy as np
 
 from benchmarks.quality import _window, shared_data_dir
-from benchmarks.report import add_fold_options, add_run_options, run_device, write_results
+from benchmarks.report import add_fold_options, add_run_options, start, write_results
 from specae.baselines import WeightedPCA
 from specae.data.readers import read_many
 from specae.denoise import heldout
@@ -101,10 +100,7 @@ def parse(argv):
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns the paths written ({filename: Path})."""
-    started = time.perf_counter()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse(argv)
-    args.device = run_device(args)
+    started, argv, args = start(argv, parse)
     spectra = read_lamost(args.pixels)
     fold_of = np.random.default_rng(args.seed).permutation(len(spectra)) % args.folds
     folds = [run_fold(spectra, fold_of == k, args) for k in range(args.folds)]

@@ -15,14 +15,13 @@ and .md through benchmarks/report.py.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import asdict, fields
 
 import numpy as np
 
 from benchmarks.quality import _window, shared_data_dir
-from benchmarks.report import add_fold_options, add_run_options, run_device, write_results
+from benchmarks.report import add_fold_options, add_run_options, start, write_results
 from specae.baselines import WeightedPCA
 from specae.calibration import fit_calibration
 from specae.data.readers import read_many
@@ -138,10 +137,7 @@ def parse(argv):
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns the paths written ({filename: Path})."""
-    started = time.perf_counter()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse(argv)
-    args.device = run_device(args)
+    started, argv, args = start(argv, parse)
     visits = read_visits(args.pixels)
     rng = np.random.default_rng(args.seed)
     stars, index, counts = np.unique(visits.labels[GROUP], return_inverse=True, return_counts=True)

@@ -17,6 +17,8 @@ import math
 import os
 import platform
 import subprocess
+import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -48,6 +50,16 @@ def add_fold_options(p, what: str, epochs: int | None, epochs_help: str) -> None
     p.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
     p.add_argument("--latent-dim", type=int, default=6, help="K: latents of the VAE, components of the PCA")
     p.add_argument("--pixels", default=None, help='a window of the grid: "START:STOP" or "N" central pixels')
+
+
+def start(argv: list[str] | None, parse: Callable) -> tuple[float, list[str], object]:
+    """What every benchmark's main opens with: (the start time, argv (default the command line's), the parsed
+    arguments with args.device set by `run_device`)."""
+    started = time.perf_counter()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse(argv)
+    args.device = run_device(args)
+    return started, argv, args
 
 
 def run_device(args) -> str:

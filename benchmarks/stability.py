@@ -15,13 +15,12 @@ benchmarks/results/stability-demo.json and .md through benchmarks/report.py.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks.report import add_run_options, run_device, write_results
+from benchmarks.report import add_run_options, start, write_results
 from specae.calibration import FITTED, fit_calibration
 from specae.data.synthetic import default_dataset
 from specae.demo import DEMO_EPOCHS, load_bundled
@@ -47,10 +46,7 @@ def parse(argv):
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns the paths written ({filename: Path})."""
-    started = time.perf_counter()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse(argv)
-    args.device = run_device(args)
+    started, argv, args = start(argv, parse)
     with tempfile.TemporaryDirectory() as tmp:     # the bundled set is generated there only if data/ lacks it
         test, truth = load_bundled("stellar", Path(tmp))
     test, truth = test.select(slice(0, args.test_rows)), truth.select(slice(0, args.test_rows))
@@ -78,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "±1σ": figures["within_1sigma"], "±2σ": figures["within_2sigma"],
                      "err/σ": figures["err_over_sigma"], "RMSE": figures["rmse"], "s": seconds})
     within1 = [f["within_1sigma"] for f in fits.values()]
-    nll = [f["heldout_nll"] for f in fits.values() if f["heldout_nll"] is not None]
+    nll = [f["heldout_nll"] for f in fits.values()]
     figures = {"options": vars(args), "train_rows": hist["n_train"], "val_rows": hist["n_val"],
                "epochs": len(hist["epoch"]), "fits": fits, "within_1sigma_range": [min(within1), max(within1)],
                "wall_minutes": (time.perf_counter() - started) / 60}
@@ -90,8 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
         "Each row refits the error model on its spectra alone (the constants: specae.calibration.Calibration; "
         "held-out nll: the mean negative log-likelihood per held-out pixel of the spectra it was fitted on, which "
         "chose the constants). Coverage across rows: "
-        f"{100 * min(within1):.1f}-{100 * max(within1):.1f} % inside ±1σ"
-        + (f", held-out nll {min(nll):.5f} to {max(nll):.5f}." if nll else "."),
+        f"{100 * min(within1):.1f}-{100 * max(within1):.1f} % inside ±1σ, held-out nll {min(nll):.5f} to "
+        f"{max(nll):.5f}.",
     ]
     name = args.name or "stability-demo" + ("-quick" if args.quick else "")
     command = " ".join(["python -m benchmarks.stability", *argv])

@@ -3,7 +3,8 @@
 `Calibration` names every constant that shapes the denoised sigma (the equations are specae.errormodel's):
 the survey's noise scale s_n, the decoder scatter's factor b and its growth f^-gamma where the training
 coverage f is thin, the fraction rho of the model error that is correlated along wavelength and its
-length l, and the outliers' fraction eps and variance factor kappa. `fit_calibration(model, spectra)` fits them all at once on spectra the model did not train on (the
+length l, and the outliers' fraction eps and variance factor kappa. `fit_calibration(model, spectra)` fits them
+all at once on spectra the model did not train on (the
 validation set, or another survey's spectra: no truth is needed): each valid pixel is predicted from all
 the other pixels of its spectrum (the exact leave-one-out identity of the linearised Gaussian model), and
 the constants maximise the mean log-likelihood of those predictions (L-BFGS-B on exact gradients). The
