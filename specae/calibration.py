@@ -1,8 +1,8 @@
 """The error model's constants, fitted after training by one held-out likelihood, saved with the model.
 
 `Calibration` names every constant that shapes the denoised sigma (the equations are specae.errormodel's):
-the survey's noise scale s_n, the decoder scatter's factor b and its growth f^-gamma where the training
-coverage f is thin, the fraction rho of the model error that is correlated along wavelength and its
+the survey's noise scale s_n, the decoder scatter's factor b, its growth f^-gamma where the training
+coverage f is thin and (1 + d)^c for spectra whose latents lie far out in the prior, the fraction rho of the model error that is correlated along wavelength and its
 length l, and the outliers' fraction eps and variance factor kappa. `fit_calibration(model, spectra)` fits them
 all at once on spectra the model did not train on (the
 validation set, or another survey's spectra: no truth is needed): each valid pixel is predicted from all
@@ -36,7 +36,8 @@ from specae.plumbing import config_from_dict
 from specae.uncertainty import SCALE_PRIOR
 from specae.uncertainty import posterior as latent_posterior
 
-CALIBRATION_VERSION = 2      # 2: no spectrum_spread (specae.errormodel says why)
+CALIBRATION_VERSION = 3      # 2: no spectrum_spread (specae.errormodel says why); 3: distance_power
+READABLE = (2, CALIBRATION_VERSION)   # a version 2 calibration is version 3's with distance_power 0
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Calibration:
     smooth_length: float = 1.0       # l: its correlation length [pixels]
     outlier_fraction: float = 0.0    # eps: pixels whose white model error is wider
     outlier_scale: float = 1.0       # kappa: by this factor in variance
+    distance_power: float = 0.0      # c: growth (1 + d)^c of the model variance, d = |z|^2 / K at the latent mode
     n_spectra: int = 0               # spectra and held-out pixels it was fitted on
     n_pixels: int = 0
     heldout_nll: float | None = None   # mean negative log-likelihood per held-out pixel at the fit
@@ -65,17 +67,19 @@ class Calibration:
             version = d.get("version")
         except (ValueError, AttributeError):
             raise SpecaeError(f"{where}: damaged calibration file") from None
-        if version != CALIBRATION_VERSION:
+        if version not in READABLE:
             raise SpecaeError(f"{where}: calibration version {version}, this specae reads {CALIBRATION_VERSION}: "
                               f"recalibrate with 'specae calibrate MODEL DATA -o NEW_MODEL'")
-        return config_from_dict(cls, d)
+        return config_from_dict(cls, {**d, "version": CALIBRATION_VERSION})
 
 
-# The fitted constants: (name, bounds, log scale); coverage_power only in redshift mode, where coverage varies.
+# The fitted constants: (name, bounds, log scale); coverage_power only in redshift mode, where coverage varies,
+# distance_power only for the VAE (the AE's latents have no prior to measure a distance against).
 # The bounds are the range where the held-out pixels can say anything, not a prior.
 FITTED = (("noise_scale", (0.5, 2.0), True), ("model_scale", (1e-2, 1e2), True), ("coverage_power", (0.0, 2.0), False),
           ("smooth_fraction", (0.0, 0.95), False), ("smooth_length", (1.0, None), True),
-          ("outlier_fraction", (0.0, 0.5), False), ("outlier_scale", (1.0, 1e4), True))
+          ("outlier_fraction", (0.0, 0.5), False), ("outlier_scale", (1.0, 1e4), True),
+          ("distance_power", (-4.0, 4.0), False))
 # Where the fit starts: off the boundaries of rho and eps, whose gradients vanish there
 START = Calibration(smooth_fraction=0.3, smooth_length=10.0, outlier_fraction=0.01, outlier_scale=10.0)
 # Held-out pixels per fit: bounds its cost whatever the set's size; 1e6 pixels resolve differences of about 1e-3
@@ -141,8 +145,9 @@ def model_terms(model, b: Batch, cal: Calibration, kind: str = "laplace") -> Inp
         k = post.mean.shape[1]
         prior = torch.tensor([1.0] * k + [SCALE_PRIOR ** -2], device=m.device)
     ivar = torch.where(model.unseen(b.z, n), torch.zeros_like(b.ivar), b.ivar)
+    distance = (theta[:, :-1].double() ** 2).mean(1) if theta.shape[1] else m.new_zeros(n)   # d = |z|^2 / K
     return Inputs(*(t.double() for t in (b.x, ivar, m, jac, theta, prior, sig.float() ** 2,
-                                         model.coverage(b.z, n))))
+                                         model.coverage(b.z, n), distance)))
 
 
 def _as_params(cal: Calibration, active) -> np.ndarray:
@@ -223,8 +228,8 @@ def fit_calibration(model, spectra: Spectra, kind: str = "laplace", max_pixels: 
         raise SpecaeError("no valid pixel to calibrate the model on")
     npix = data.x.shape[1]
     per_chunk = max(1, CHUNK_PIXELS // npix)
-    active = [(name, (lo, npix if hi is None else hi), log) for name, (lo, hi), log in FITTED
-              if name != "coverage_power" or model.cfg.redshift]
+    skip = (set() if model.cfg.redshift else {"coverage_power"}) | (set() if model.cfg.kind == "vae" else {"distance_power"})
+    active = [(name, (lo, npix if hi is None else hi), log) for name, (lo, hi), log in FITTED if name not in skip]
 
     def terms(rows, cal):
         return [model_terms(model, data[rows[i:i + per_chunk]].to(dev), cal, kind).cpu()

@@ -5,9 +5,10 @@ In model space (normalised flux; one spectrum, pixels i) the data are
     x_i = e^t mu_i(z) + delta_i + n_i
     n_i ~ N(0, s_n^2 / ivar_i)                       measurement noise; ivar 0 (masked): no information
     delta_i = a_i g_i + w_i                          the model's error
-    v_i = b^2 f_i^-gamma sigma_i^2                   its variance: the decoder's scatter sigma (at the posterior
+    v_i = b^2 f_i^-gamma (1 + d)^c sigma_i^2         its variance: the decoder's scatter sigma (at the posterior
                                                      mode, amplitude e^t included), grown where a fraction f of
-                                                     the training set covered the pixel
+                                                     the training set covered the pixel, and for spectra whose
+                                                     latents lie far out in the prior, d = |z_hat|^2 / K
     a_i^2 = rho v_i,  g ~ OU(length l)               a fraction rho correlated along wavelength: g has unit
                                                      variance and correlation exp(-|i - j| / l)
     w_i ~ N(0, (1 - rho) v_i)                        the rest white; a fraction eps of the pixels has it kappa
@@ -22,13 +23,17 @@ everything is Gaussian and exact:
                        Cov[y | x] = G C G^T + Cov[delta | x, u],  G = J - Sigma_delta R^-1 J
     held-out pixel     x_i given all other pixels: mean x_i - [R_x^-1 r']_i / [R_x^-1]_ii, variance
                        1 / [R_x^-1]_ii, R_x = R + J P^-1 J^T (the classic leave-one-out identity)
-There is no scale of v per spectrum. With one (log s ~ N(0, tau^2), s at its mode given the spectrum's own
+The decoder learnt its scatter where the training spectra are dense; far out in latent space it has seen few
+and errs more than its sigma says. d is set by the latents, not by the residuals, so (unlike a free scale per
+spectrum, below) the high-S/N spectra at every d pin b and c apart (the benchmark's galaxies: c = 1.19, the held-out likelihood 3e-4 nats per pixel, 170 nats in all,
+above c = 0's).
+There is no free scale of v per spectrum. With one (log s ~ N(0, tau^2), s at its mode given the spectrum's own
 residuals, as this model had until December 2026) the held-out likelihood cannot tell b from tau: the spectra
 whose residuals pin their own s predict their pixels equally well at any b, and those that cannot are
 noise-dominated, though b sets most of their sigma. Calibrated on three samples of 100 of the demo's validation
 spectra and on all 300 (benchmarks/results/stability-demo.md), the fits with it reached tau 0.03-2.0 and b
 0.09-0.29, and 51-66 % of true values inside +-1 sigma; without it 66-77 % (72 % on all 300). A spectrum
-unlike the training set widens its sigma through the latent posterior and the decoder's scatter only; one from
+unlike the training set widens its sigma through the latent posterior, the decoder's scatter and d; one from
 another survey needs the model recalibrated on that survey's spectra.
 Masked pixels are inpainted by the same posterior (the latents and the correlated part carry their
 neighbours' information); where the model misses a strong line, the white part's heavy tail lets the
@@ -177,6 +182,7 @@ class Inputs:
     prior: torch.Tensor        # (P,) prior precision of theta
     var_model: torch.Tensor    # (B, n) the decoder's variance sigma^2 at the mode (uncalibrated)
     coverage: torch.Tensor     # (B, n) training coverage f in (0, 1]
+    distance: torch.Tensor     # (B,) d = |z|^2 / K at the mode (0 for the AE: no prior to measure it against)
 
     def cpu(self) -> "Inputs":
         return Inputs(**{k: v.cpu() for k, v in vars(self).items()})
@@ -191,7 +197,7 @@ def solve(inp: Inputs, cal, inflate: torch.Tensor | None = None) -> dict[str, to
     """The posterior of every pixel and the held-out prediction of every valid one (module docstring).
 
     `cal` holds the constants (floats or 0-d tensors): noise_scale s_n, model_scale b, coverage_power gamma,
-    smooth_fraction rho, smooth_length l (pixels). `inflate` (B, n) multiplies the white model variance (the
+    smooth_fraction rho, smooth_length l (pixels), distance_power c. `inflate` (B, n) multiplies the white model variance (the
     outlier responsibilities). Returns (B, n) tensors: "mean", "var" (the truth's posterior),
     "loo_mean", "loo_var" (the measurement x_i predicted from the other pixels, noise included), "white" (the
     white model variance), and what the pixel covariance needs ("factor" (B, n, P), "diag", "band", and the
@@ -199,7 +205,8 @@ def solve(inp: Inputs, cal, inflate: torch.Tensor | None = None) -> dict[str, to
     valid = inp.ivar > 0
     r = torch.where(valid, inp.x - inp.m, torch.zeros_like(inp.x))
     noise = torch.where(valid, cal.noise_scale ** 2 / inp.ivar.clamp_min(1e-300), torch.ones_like(inp.x))
-    v = cal.model_scale ** 2 * inp.coverage ** -cal.coverage_power * inp.var_model
+    v = cal.model_scale ** 2 * inp.coverage ** -cal.coverage_power * (1 + inp.distance[:, None]) ** cal.distance_power \
+        * inp.var_model
     rho = cal.smooth_fraction
     white = (1 - rho) * v * (1 if inflate is None else inflate)
     amp = (rho * v + 1e-300).sqrt()          # not sqrt(0): its infinite derivative would make the gradient NaN
