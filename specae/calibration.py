@@ -50,7 +50,7 @@ class Calibration:
     smooth_length: float = 1.0       # l: its correlation length [pixels]
     outlier_fraction: float = 0.0    # eps: pixels whose white model error is wider
     outlier_scale: float = 1.0       # kappa: by this factor in variance
-    distance_power: float = 0.0      # c: growth (1 + d)^c of the model variance, d = |z|^2 / K at the latent mode
+    distance_power: float = 0.0      # c: growth (1 + d)^c of the model variance, d = E[|z|^2 | x] / K
     n_spectra: int = 0               # spectra and held-out pixels it was fitted on
     n_pixels: int = 0
     heldout_nll: float | None = None   # mean negative log-likelihood per held-out pixel at the fit
@@ -140,12 +140,13 @@ def model_terms(model, b: Batch, cal: Calibration, kind: str = "laplace") -> Inp
         jac, theta, prior = m.new_zeros(n, m.shape[1], 0), m.new_zeros(n, 0), m.new_zeros(0)
     else:
         m, sig, jac = at
-        theta, _ = post.params()
+        theta, cov = post.params()
         jac = jac.permute(1, 2, 0)                                                    # (B, npix, K+1)
         k = post.mean.shape[1]
         prior = torch.tensor([1.0] * k + [SCALE_PRIOR ** -2], device=m.device)
     ivar = torch.where(model.unseen(b.z, n), torch.zeros_like(b.ivar), b.ivar)
-    distance = (theta[:, :-1].double() ** 2).mean(1) if theta.shape[1] else m.new_zeros(n)   # d = |z|^2 / K
+    distance = m.new_zeros(n) if at is None else \
+        (theta[:, :-1].double() ** 2 + torch.diagonal(cov, dim1=1, dim2=2)[:, :-1]).mean(1)   # d = E[|z|^2 | x] / K
     return Inputs(*(t.double() for t in (b.x, ivar, m, jac, theta, prior, sig.float() ** 2,
                                          model.coverage(b.z, n), distance)))
 

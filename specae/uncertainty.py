@@ -12,7 +12,7 @@ The K x K algebra is done in float64 with a symmetric (Cholesky) solve; jitter i
 matrices that fail to factorise.
 
 Given a calibration (specae.calibration), the Gauss-Newton weights are the calibrated ones: measurement
-noise s_n^2 / ivar plus the model's variance b^2 f^-gamma (1 + d)^c sigma_model^2 (d from the encoder's guess),
+noise s_n^2 / ivar plus the model's variance b^2 f^-gamma (1 + d)^c sigma_model^2 (d under the encoder's q),
 so the posterior is that of the error model the denoised sigma comes from (specae.errormodel).
 """
 
@@ -150,8 +150,8 @@ def posterior(model, x, ivar, z=None, kind: str = "laplace"):
     if cal is not None:   # the weights of the calibrated error model (specae.errormodel)
         ivar = ivar / cal.noise_scale ** 2
         factor = cal.model_scale ** 2 * model.coverage(z, len(x)).float() ** -cal.coverage_power
-        if logvar is not None:   # the distance d of the encoder's guess, as the mode is not known yet
-            factor = factor * (1 + (mean.float() ** 2).mean(1, keepdim=True)) ** cal.distance_power
+        if logvar is not None:   # the distance d under the encoder's posterior, as the mode is not known yet
+            factor = factor * (1 + (mean.float() ** 2 + logvar.float().exp()).mean(1, keepdim=True)) ** cal.distance_power
     if logvar is None:   # the AE: a point estimate
         b, k = mean.shape
         return LatentPosterior(mean.float(), torch.zeros(b, k, k, dtype=torch.float64, device=mean.device), "point"), None
