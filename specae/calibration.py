@@ -2,9 +2,9 @@
 
 `Calibration` names every constant that shapes the denoised sigma (the equations are specae.errormodel's):
 the survey's noise scale s_n, the decoder scatter's factor b, its growth f^-gamma where the training
-coverage f is thin and (1 + d)^c for spectra whose latents lie far out in the prior, the fraction rho of the model error that is correlated along wavelength and its
-length l, and the outliers' fraction eps and variance factor kappa. `fit_calibration(model, spectra)` fits them
-all at once on spectra the model did not train on (the
+coverage f is thin and (1 + d)^c for spectra whose latents lie far out in the prior, the fraction rho of the
+model error that is correlated along wavelength and its length l, and the outliers' fraction eps and variance
+factor kappa. `fit_calibration(model, spectra)` fits them all at once on spectra the model did not train on (the
 validation set, or another survey's spectra: no truth is needed): each valid pixel is predicted from all
 the other pixels of its spectrum (the exact leave-one-out identity of the linearised Gaussian model), and
 the constants maximise the mean log-likelihood of those predictions (L-BFGS-B on exact gradients). The
@@ -30,7 +30,7 @@ from scipy.optimize import minimize
 
 from specae.data.spectra import Spectra
 from specae.data.tensors import Batch, on_grid, to_batch, window_mask
-from specae.errormodel import Inputs, outlier_loglik, solve
+from specae.errormodel import Inputs, latent_distance, outlier_loglik, solve
 from specae.errors import SpecaeError
 from specae.plumbing import config_from_dict
 from specae.uncertainty import SCALE_PRIOR
@@ -145,8 +145,8 @@ def model_terms(model, b: Batch, cal: Calibration, kind: str = "laplace") -> Inp
         k = post.mean.shape[1]
         prior = torch.tensor([1.0] * k + [SCALE_PRIOR ** -2], device=m.device)
     ivar = torch.where(model.unseen(b.z, n), torch.zeros_like(b.ivar), b.ivar)
-    distance = m.new_zeros(n) if at is None else \
-        (theta[:, :-1].double() ** 2 + torch.diagonal(cov, dim1=1, dim2=2)[:, :-1]).mean(1)   # d = E[|z|^2 | x] / K
+    distance = m.new_zeros(n) if at is None else latent_distance(theta[:, :-1],
+                                                                 torch.diagonal(cov, dim1=1, dim2=2)[:, :-1])
     return Inputs(*(t.double() for t in (b.x, ivar, m, jac, theta, prior, sig.float() ** 2,
                                          model.coverage(b.z, n), distance)))
 
@@ -229,7 +229,8 @@ def fit_calibration(model, spectra: Spectra, kind: str = "laplace", max_pixels: 
         raise SpecaeError("no valid pixel to calibrate the model on")
     npix = data.x.shape[1]
     per_chunk = max(1, CHUNK_PIXELS // npix)
-    skip = (set() if model.cfg.redshift else {"coverage_power"}) | (set() if model.cfg.kind == "vae" else {"distance_power"})
+    skip = (set() if model.cfg.redshift else {"coverage_power"}) | (set() if model.cfg.kind == "vae"
+                                                                    else {"distance_power"})
     active = [(name, (lo, npix if hi is None else hi), log) for name, (lo, hi), log in FITTED if name not in skip]
 
     def terms(rows, cal):

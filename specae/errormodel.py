@@ -185,10 +185,20 @@ class Inputs:
     prior: torch.Tensor        # (P,) prior precision of theta
     var_model: torch.Tensor    # (B, n) the decoder's variance sigma^2 at the mode (uncalibrated)
     coverage: torch.Tensor     # (B, n) training coverage f in (0, 1]
-    distance: torch.Tensor     # (B,) d = |z|^2 / K at the mode (0 for the AE: no prior to measure it against)
+    distance: torch.Tensor     # (B,) d = E[|z|^2 | x] / K (0 for the AE: no prior to measure it against)
 
     def cpu(self) -> "Inputs":
         return Inputs(**{k: v.cpu() for k, v in vars(self).items()})
+
+
+def latent_distance(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """(B,) d = E[|z|^2] / K under a posterior with these means and variances (B, K) of the latents."""
+    return (mean ** 2 + var).mean(1)
+
+
+def variance_factor(cal, coverage: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+    """(B, n) b^2 f^-gamma (1 + d)^c: the calibrated factor on the decoder's variance sigma^2 (module docstring)."""
+    return cal.model_scale ** 2 * coverage ** -cal.coverage_power * (1 + distance[:, None]) ** cal.distance_power
 
 
 def _rowquad(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -200,16 +210,15 @@ def solve(inp: Inputs, cal, inflate: torch.Tensor | None = None) -> dict[str, to
     """The posterior of every pixel and the held-out prediction of every valid one (module docstring).
 
     `cal` holds the constants (floats or 0-d tensors): noise_scale s_n, model_scale b, coverage_power gamma,
-    smooth_fraction rho, smooth_length l (pixels), distance_power c. `inflate` (B, n) multiplies the white model variance (the
-    outlier responsibilities). Returns (B, n) tensors: "mean", "var" (the truth's posterior),
+    smooth_fraction rho, smooth_length l (pixels), distance_power c. `inflate` (B, n) multiplies the white model
+    variance (the outlier responsibilities). Returns (B, n) tensors: "mean", "var" (the truth's posterior),
     "loo_mean", "loo_var" (the measurement x_i predicted from the other pixels, noise included), "white" (the
     white model variance), and what the pixel covariance needs ("factor" (B, n, P), "diag", "band", and the
     OU factorisation "ou")."""
     valid = inp.ivar > 0
     r = torch.where(valid, inp.x - inp.m, torch.zeros_like(inp.x))
     noise = torch.where(valid, cal.noise_scale ** 2 / inp.ivar.clamp_min(1e-300), torch.ones_like(inp.x))
-    v = cal.model_scale ** 2 * inp.coverage ** -cal.coverage_power * (1 + inp.distance[:, None]) ** cal.distance_power \
-        * inp.var_model
+    v = variance_factor(cal, inp.coverage, inp.distance) * inp.var_model
     rho = cal.smooth_fraction
     white = (1 - rho) * v * (1 if inflate is None else inflate)
     amp = (rho * v + 1e-300).sqrt()          # not sqrt(0): its infinite derivative would make the gradient NaN

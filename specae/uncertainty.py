@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from specae.errormodel import latent_distance, variance_factor
 from specae.errors import SpecaeError
 
 KINDS = ("laplace", "decoder", "encoder")
@@ -149,9 +150,10 @@ def posterior(model, x, ivar, z=None, kind: str = "laplace"):
     factor, cal = 1.0, getattr(model, "calibration", None)
     if cal is not None:   # the weights of the calibrated error model (specae.errormodel)
         ivar = ivar / cal.noise_scale ** 2
-        factor = cal.model_scale ** 2 * model.coverage(z, len(x)).float() ** -cal.coverage_power
-        if logvar is not None:   # the distance d under the encoder's posterior, as the mode is not known yet
-            factor = factor * (1 + (mean.float() ** 2 + logvar.float().exp()).mean(1, keepdim=True)) ** cal.distance_power
+        # the distance d under the encoder's posterior, as the mode is not known yet
+        d = torch.zeros(len(x), device=x.device) if logvar is None else latent_distance(mean.float(),
+                                                                                        logvar.float().exp())
+        factor = variance_factor(cal, model.coverage(z, len(x)).float(), d)
     if logvar is None:   # the AE: a point estimate
         b, k = mean.shape
         return LatentPosterior(mean.float(), torch.zeros(b, k, k, dtype=torch.float64, device=mean.device), "point"), None
