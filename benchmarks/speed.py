@@ -123,7 +123,7 @@ def time_inference(npix, batch, decoder, precision, device, steps) -> dict:
 
     from specae.data.tensors import Batch
     b = Batch(data["x"], data["ivar"])
-    cal = Calibration(smooth_fraction=0.5, smooth_length=30.0, outlier_fraction=0.01, outlier_scale=10.0)
+    cal = Calibration(smooth_fraction=0.5, smooth_length=30.0, tail_spread=1.0)
     for name, fn in (("kernel_1_draw", kernel), ("laplace", lambda: predict_batch(model, b, cal, "laplace", rt=rt))):
         with rt.autocast():
             fn()

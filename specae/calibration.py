@@ -3,13 +3,13 @@
 `Calibration` names every constant that shapes the denoised sigma (the equations are specae.errormodel's):
 the survey's noise scale s_n, the decoder scatter's factor b, its growth f^-gamma where the training
 coverage f is thin and (1 + d)^c for spectra whose latents lie far out in the prior, the fraction rho of the
-model error that is correlated along wavelength and its length l, and the outliers' fraction eps and variance
-factor kappa. `fit_calibration(model, spectra)` fits them all at once on spectra the model did not train on (the
+model error that is correlated along wavelength and its length l, and the spread tau of the white part's heavy
+tail. `fit_calibration(model, spectra)` fits them all at once on spectra the model did not train on (the
 validation set, or another survey's spectra: no truth is needed): each valid pixel is predicted from all
 the other pixels of its spectrum (the exact leave-one-out identity of the linearised Gaussian model), and
 the constants maximise the mean log-likelihood of those predictions (L-BFGS-B on exact gradients). The
-likelihood has separate optima (a few far outliers or many near ones; a model error correlated over a few pixels
-or over the whole spectrum), so the first fit runs from several starts on a quarter of the spectra, and goes on
+likelihood has separate optima (a model error correlated over a few pixels or over the whole spectrum; a narrow
+or a wide tail), so the first fit runs from several starts on a quarter of the spectra, and goes on
 from the start most likely on all of them. The latent posterior is then refitted under the calibrated weights
 and the constants fitted once more.
 No constant is chosen against a truth.
@@ -30,14 +30,16 @@ from scipy.optimize import minimize
 
 from specae.data.spectra import Spectra
 from specae.data.tensors import Batch, on_grid, to_batch, window_mask
-from specae.errormodel import Inputs, latent_distance, outlier_loglik, solve
+from specae.errormodel import Inputs, latent_distance, solve, tail_loglik
 from specae.errors import SpecaeError
 from specae.plumbing import config_from_dict
 from specae.uncertainty import SCALE_PRIOR
 from specae.uncertainty import posterior as latent_posterior
 
-CALIBRATION_VERSION = 3      # 2: no spectrum_spread (specae.errormodel says why); 3: distance_power
-READABLE = (2, CALIBRATION_VERSION)   # a version 2 calibration is version 3's with distance_power 0
+# 2: no spectrum_spread (specae.errormodel says why); 3: distance_power; 4: the log-normal tail (tail_spread) in
+# place of two components (outlier_fraction, outlier_scale): a different model, so older calibrations are refused
+CALIBRATION_VERSION = 4
+READABLE = (CALIBRATION_VERSION,)
 
 
 @dataclass
@@ -48,8 +50,7 @@ class Calibration:
     coverage_power: float = 0.0      # gamma: growth f^-gamma of the model variance where coverage f is thin
     smooth_fraction: float = 0.0     # rho: the part of the model variance correlated along wavelength
     smooth_length: float = 1.0       # l: its correlation length [pixels]
-    outlier_fraction: float = 0.0    # eps: pixels whose white model error is wider
-    outlier_scale: float = 1.0       # kappa: by this factor in variance
+    tail_spread: float = 0.0         # tau: sd of the log-normal scale of the white model error (heavy tails)
     distance_power: float = 0.0      # c: growth (1 + d)^c of the model variance, d = E[|z|^2 | x] / K
     n_spectra: int = 0               # spectra and held-out pixels it was fitted on
     n_pixels: int = 0
@@ -78,21 +79,20 @@ class Calibration:
 # The bounds are the range where the held-out pixels can say anything, not a prior.
 FITTED = (("noise_scale", (0.5, 2.0), True), ("model_scale", (1e-2, 1e2), True), ("coverage_power", (0.0, 2.0), False),
           ("smooth_fraction", (0.0, 0.95), False), ("smooth_length", (1.0, None), True),
-          ("outlier_fraction", (0.0, 0.5), False), ("outlier_scale", (1.0, 1e4), True),
-          ("distance_power", (-4.0, 4.0), False))
-# Where the fit starts: off the boundaries of rho and eps, whose gradients vanish there
-START = Calibration(smooth_fraction=0.3, smooth_length=10.0, outlier_fraction=0.01, outlier_scale=10.0)
+          ("tail_spread", (0.0, 3.0), False), ("distance_power", (-4.0, 4.0), False))
+# Where the fit starts: off the boundaries of rho and tau, whose gradients vanish there
+START = Calibration(smooth_fraction=0.3, smooth_length=10.0, tail_spread=0.3)
 # Held-out pixels per fit: bounds its cost whatever the set's size; 1e6 pixels resolve differences of about 1e-3
 # in the log-likelihood per pixel, a few per cent in the model variance where the noise is 80 times larger
 CALIBRATION_PIXELS = 1_000_000
 CHUNK_PIXELS = 100_000             # pixels per autograd pass (memory)
 ROUNDS = 2                         # fit, refit the latent posterior under the fitted weights, fit again
-# The first fit starts from each of these kappa and lengths, on a quarter of the spectra. The likelihood of a scale
-# mixture has separate optima for a few far outliers and many near ones (on a linear set with 3 % of pixels 400
-# times wider, the start at kappa 10 ended at 33 with the noise scale at 0.73); the model error's correlation
-# length has one over a few pixels and one over the whole spectrum (the demo's stars: from l = 10 one fit in
-# four stayed at 10, 3e-4 nats per pixel less likely than the others at the whole spectrum)
-OUTLIER_STARTS = (10.0, 100.0, 1000.0)
+# The first fit starts from each of these tails and lengths, on a quarter of the spectra. The model error's
+# correlation length has one optimum over a few pixels and one over the whole spectrum (the demo's stars: from l = 10
+# one fit in four stayed at 10, 3e-4 nats per pixel less likely than the others at the whole spectrum); the tail's
+# spread is nearly flat where the white model error is small beside the noise, so a fit moves it little from its
+# start, and the likelihood on all the spectra chooses among narrow, middle and wide
+TAIL_STARTS = (0.3, 1.0, 2.0)
 LENGTH_STARTS = (10.0, 0.25)       # pixels; a number under 1: that fraction of the spectrum
 # Stop when the mean log-likelihood per pixel changes by under 1e-7 (relative): 0.1 nat over 1e6 pixels
 FTOL = 1e-7
@@ -165,8 +165,7 @@ def _negloglik(chunks: list[Inputs], values: torch.Tensor, active, base: Calibra
             cal[name] = v.exp() if log else v
         cal = SimpleNamespace(**cal)      # constants that may be tensors, for gradients
         out = solve(inp, cal)
-        ll, _ = outlier_loglik(inp.x, out["loo_mean"], out["loo_var"], out["white"], cal.outlier_fraction,
-                               cal.outlier_scale)
+        ll, _ = tail_loglik(inp.x, out["loo_mean"], out["loo_var"], out["white"], cal.tail_spread)
         part = -torch.where(inp.ivar > 0, ll, torch.zeros_like(ll)).sum() / total
         part.backward()
         loss += float(part.detach())
@@ -255,8 +254,8 @@ def fit_calibration(model, spectra: Spectra, kind: str = "laplace", max_pixels: 
         chunks = terms(rows, cal)
         if step == 0:
             quarter = terms(rows[::4], cal)   # every fourth spectrum (every fourth chunk was all of a small set)
-            starts = [_fit_constants(quarter, replace(START, outlier_scale=k, smooth_length=l if l >= 1 else l * npix),
-                                     active, deadline)[0] for k in OUTLIER_STARTS for l in LENGTH_STARTS]
+            starts = [_fit_constants(quarter, replace(START, tail_spread=k, smooth_length=l if l >= 1 else l * npix),
+                                     active, deadline)[0] for k in TAIL_STARTS for l in LENGTH_STARTS]
             cal = min(starts, key=lambda c: _likelihood(chunks, c, active))
         cal, nll = _fit_constants(chunks, cal, active, deadline)
     cal = replace(cal, n_spectra=len(rows), n_pixels=int(n_valid[rows].sum()), heldout_nll=nll)

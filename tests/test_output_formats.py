@@ -115,7 +115,7 @@ def test_denoise_fits_output_has_units_provenance_and_the_hdf5_values(d, tmp_pat
         units = {head[f"TTYPE{i}"]: head.get(f"TUNIT{i}") for i in range(1, head["TFIELDS"] + 1)}
     given = {"id", *read_h5(tmp_path / "den.h5").labels}   # ids and given labels: units unknown, so none
     assert {c for c in units if units[c] is None} == given
-    tails = {"flux_sigma_core", "flux_tail_weight"} if "flux_tail_weight" in ref else set()   # a heavy-tailed model's
+    tails = {"flux_sigma_core", "flux_tail_spread"} if "flux_tail_spread" in ref else set()   # a heavy-tailed model's
     assert set(units) - given == {"wavelength", "flux", "flux_sigma", "ivar", "mask", "input_mask", "input_ivar",
                                   "scale"} | tails
     t = Table.read(tmp_path / "den.fits")
