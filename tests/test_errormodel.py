@@ -12,6 +12,7 @@ import torch
 
 from specae.calibration import (CALIBRATION_VERSION, FITTED, START, TAIL_STARTS, Calibration, _fit_constants,
                                 require_calibration)
+from specae.denoise import Denoised
 from specae.errormodel import Inputs, OUPosterior, solve, sum_variance, tail_loglik
 from specae.errors import SpecaeError
 from specae.metrics import coverage, error_over_sigma
@@ -259,3 +260,21 @@ def test_a_calibration_round_trips_and_an_unknown_version_is_refused_with_the_fi
         Calibration.from_json("{not json", "m/calibration.json")
     with pytest.raises(SpecaeError, match="specae calibrate MODEL DATA"):
         require_calibration(SimpleNamespace(calibration=None))
+
+
+def test_an_inpainted_pixels_predictive_coverage_integrates_the_log_normal_tail():
+    # a normal core plus a white part scaled by s, log s ~ N(-tau^2/2, tau^2): Monte Carlo draws of that predictive
+    # have the sd sigma (E[s] = 1) and fall inside +-k sigma as often as predicted_coverage says
+    rng = np.random.default_rng(0)
+    core, white, tau = 1.0, 3.0, 1.2
+    s = np.exp(tau * rng.standard_normal(1_000_000) - tau ** 2 / 2)
+    y = rng.standard_normal(s.size) * np.sqrt(core ** 2 + s * white)
+    sigma = math.sqrt(core ** 2 + white)
+    assert y.std() == pytest.approx(sigma, rel=0.01)
+    d = Denoised(np.arange(2.0), np.zeros((1, 2)), np.full((1, 2), sigma), np.array([[True, False]]),
+                 np.zeros((1, 2), bool), np.array([[core, sigma]]), np.array([[tau, 0.0]]))
+    for k in (1.0, 2.0):
+        p = d.predicted_coverage(k)
+        assert p[0, 0] == pytest.approx(np.mean(np.abs(y) < k * sigma), abs=0.003)
+        assert p[0, 1] == pytest.approx(math.erf(k / math.sqrt(2)), abs=1e-9)      # no tail: normal
+    assert d.predicted_coverage(1.0)[0, 0] > 0.72                                      # the tail shows
