@@ -29,7 +29,8 @@ spectrum, below) the high-S/N spectra at every d pin b and c apart. d is the pos
 |z_hat|^2 / K: the mode shrinks towards 0 as the S/N falls, which made d a proxy for S/N (where the held-out pixels
 cannot see the model error): calibrated on the demo's 300 validation spectra, sigma came out too narrow (56 % inside
 +-1 sigma, err/sigma 1.42; 66 % and 1.10 with the posterior mean).
-On the benchmark's galaxies c = 1.27 and the held-out likelihood is 7e-4 nats per pixel (390 nats) above c = 0's.
+On the benchmark's galaxies c = 1.0-1.9 (three trainings); at its introduction the held-out likelihood was 7e-4 nats
+per pixel (390 nats) above c = 0's.
 There is no free scale of v per spectrum. With one (log s ~ N(0, tau^2), s at its mode given the spectrum's own
 residuals, as this model had until December 2026) the held-out likelihood cannot tell b from tau: the spectra
 whose residuals pin their own s predict their pixels equally well at any b, and those that cannot are
@@ -41,9 +42,9 @@ another survey needs the model recalibrated on that survey's spectra.
 The tail is a continuous scale mixture, not two components (a fraction eps of the pixels kappa times wider, as until
 December 2026): on the benchmark's galaxies the held-out errors form a continuum, most pixels well inside the core
 and a few far out at lines the latents cannot make; two components held the core wide and capped a missed line's
-variance at kappa, so the data could not win there (one training: line pixels' RMSE 0.91, the noisy input's 1.05,
-err/sigma 1.30; with the log-normal 0.55 and 1.07, the held-out likelihood 8e-4 nats per pixel higher, one
-constant instead of two). Where
+variance at kappa, so the data could not win there (three trainings: line pixels' RMSE 0.89 +- 0.29, the noisy
+input's 1.05, err/sigma 1.43; with the log-normal 0.54 +- 0.02 and 1.11, the held-out likelihood 9e-4 nats per pixel
+higher on the first, one constant instead of two). Where
 the white model error is small beside the noise (the emulator's stars) tau changes no prediction and stays where
 the fit started.
 Masked pixels are inpainted by the same posterior (the latents and the correlated part carry their
