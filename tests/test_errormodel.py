@@ -171,12 +171,14 @@ def active_constants(npix):
 @pytest.mark.parametrize("ivar_factor", [1.0, 0.8, 1.25])
 def test_the_held_out_likelihood_fits_the_constants_back_mis_stated_noise_included(ivar_factor, one_thread):
     sets = [linear_set(snr, seed=100 + i, b=40, ivar_factor=ivar_factor) for i, snr in enumerate((3.0, 10.0, 30.0))]
-    cal, _ = _fit_constants([inp for _, inp in sets], replace(START), active_constants(300))
+    fits = [_fit_constants([inp for _, inp in sets], replace(START, tail_spread=k), active_constants(300))
+            for k in TAIL_STARTS]
+    cal = min(fits, key=lambda fit: fit[1])[0]           # the starts fit_calibration tries
     assert cal.noise_scale == pytest.approx(ivar_factor ** 0.5, rel=0.02)
     assert cal.model_scale == pytest.approx(1.0, rel=0.15)
     assert cal.smooth_fraction == pytest.approx(0.5, abs=0.15)
     assert cal.smooth_length == pytest.approx(15.0, rel=0.5)
-    assert cal.tail_spread < 0.3              # no heavy tail in these data: the fit narrows it from its start
+    assert cal.tail_spread < 0.3              # no heavy tail in these data: the normal start is the more likely
     # with the fitted constants the truth is covered as the model says, at every S/N
     for truth, inp in sets:
         out = solve(inp, cal)
