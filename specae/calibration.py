@@ -93,7 +93,8 @@ ROUNDS = 2                         # fit, refit the latent posterior under the f
 # the others at the whole spectrum). The likelihood's gradient in tau vanishes at 0 (a symmetric spread), and tau
 # is nearly flat where the white model error is small beside the noise, so a fit stays near its start: no tail
 # (a normal white error) and a wide one are both tried. From 0.3, 1 and 2 alone the demo's stars ended at tau
-# 0.6-1.6, less likely than tau = 0 (by 5e-6 to 7e-5 nats per pixel) and with sigma 1.2-1.6 times too narrow
+# 0.6-1.6, in three of benchmarks.stability's four calibrations less likely than the fits with a normal white error
+# (by 3e-5 to 7e-5 nats per pixel), with sigma too narrow (err/sigma up to 1.57)
 TAIL_STARTS = (0.0, 1.0)
 LENGTH_STARTS = (10.0, 0.25)       # pixels; a number under 1: that fraction of the spectrum
 # Stop when the mean log-likelihood per pixel changes by under 1e-7 (relative): 0.1 nat over 1e6 pixels
