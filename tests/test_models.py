@@ -511,6 +511,32 @@ def test_denoise_is_finite_on_masked_chunks_and_marks_empty_spectra_as_no_estima
     assert np.isnan(lat.mean[1]).all() and np.isinf(lat.std[1]).all()
 
 
+def test_a_heavy_tailed_calibration_marks_inpainted_pixels_and_writes_their_tail(trained, stars):
+    from dataclasses import replace
+
+    from specae.denoise import output_arrays
+
+    model = copy.deepcopy(trained[0])
+    model.calibration = replace(model.calibration, tail_spread=1.0)
+    s = stars[:3]
+    s.mask[:, 30:60] = True
+    s.ivar[:, 30:60] = 0
+    d = denoise(model, Spectra(s.wave, s.flux, s.ivar, s.mask, s.labels, s.ids))
+    masked = d.inpainted & ~d.unseen
+    assert masked[:, 30:60].all() and masked.sum() >= 90
+    # inpainted pixels: the prior's scale mixture (tau 1), a normal core inside sigma, at least a normal's 68.3 %
+    # inside +-1 sigma (more where the white part is much of the variance); measured pixels: a normal predictive
+    assert (d.tail_spread[masked] == 1.0).all() and (d.tail_spread[~d.inpainted] == 0).all()
+    assert (d.sigma_core[masked] < d.sigma[masked]).all()
+    np.testing.assert_array_equal(d.sigma_core[~d.inpainted], d.sigma[~d.inpainted])
+    p1 = d.predicted_coverage(1.0)
+    normal = math.erf(1 / math.sqrt(2))
+    assert (p1[masked] > normal - 1e-4).all() and p1[masked].max() > 0.7 and np.allclose(p1[~d.inpainted], normal)
+    out = output_arrays(d)
+    np.testing.assert_array_equal(out["flux_tail_spread"], d.tail_spread)
+    np.testing.assert_allclose(out["flux_sigma_core"] * out["scale"][:, None], d.sigma_core, rtol=1e-5)
+
+
 def test_denoise_of_zero_spectra_gives_empty_output(trained):
     model = trained[0]
     none = Spectra(WAVE, np.zeros((0, WAVE.size)), np.zeros((0, WAVE.size)))
