@@ -136,20 +136,21 @@ def predict_batch(model, b: Batch, cal: Calibration, kind: str = "laplace", cova
     held-out residual gives it (E[s | x]), and the posterior is solved once more: a strong line the latents cannot
     make then follows the data. An inpainted pixel keeps the prior's scale mixture (`Denoised`). The scale is taken
     at its posterior mean; its own uncertainty is not propagated, so where a residual is far out the sigma is too
-    narrow (a linear set with tau 1.5, pixels given a scale above 5: err/sigma 1.4; the galaxies' lines 1.07).
+    narrow (a linear set with tau 1.5, pixels given a scale above 5: err/sigma 1.4; the galaxies' lines 1.11).
     """
     with rt.autocast() if rt else torch.autocast("cpu", enabled=False):
         inp = model_terms(model, b, cal, kind)
     out = solve(inp, cal)
-    res = {"tail": torch.zeros_like(inp.x), "core_var": out["var"]}
+    tail = torch.zeros_like(inp.x)
+    core_var = out["var"]
     if cal.tail_spread > 0:
         _, scale = tail_loglik(inp.x, out["loo_mean"], out["loo_var"], out["white"], cal.tail_spread)
         masked = inp.ivar <= 0
         out = solve(inp, cal, inflate=torch.where(masked, torch.ones_like(scale), scale))   # E[s] = 1 where masked
         # an inpainted pixel's predictive: the rest normal, its white model error (unseen: all of it) scaled by s
-        res = {"tail": torch.where(masked, torch.full_like(scale, cal.tail_spread), res["tail"]),
-               "core_var": torch.where(masked, out["var"] - out["white"], out["var"])}
-    res |= {"flux": out["mean"], "var": out["var"]}
+        tail = torch.where(masked, torch.full_like(scale, cal.tail_spread), tail)
+        core_var = torch.where(masked, out["var"] - out["white"], out["var"])
+    res = {"flux": out["mean"], "var": out["var"], "core_var": core_var, "tail": tail}
     if covariance:
         res |= {"factor": out["factor"], "diag": out["diag"], "band": out["band"], "pivots": out["ou"].d,
                 "off": out["ou"].e}

@@ -44,9 +44,8 @@ December 2026): on the benchmark's galaxies the held-out errors form a continuum
 and a few far out at lines the latents cannot make; two components held the core wide and capped a missed line's
 variance at kappa, so the data could not win there (three trainings: line pixels' RMSE 0.89 +- 0.29, the noisy
 input's 1.05, err/sigma 1.43; with the log-normal 0.54 +- 0.02 and 1.11, the held-out likelihood 9e-4 nats per pixel
-higher on the first, one constant instead of two). Where
-the white model error is small beside the noise (the emulator's stars) tau changes no prediction and stays where
-the fit started.
+higher on the first, one constant instead of two). Where the white model error is small beside the noise the
+likelihood is nearly flat in tau; the fit starts it at 0 and at 1 and keeps the likelier (the emulator's stars: 0).
 Masked pixels are inpainted by the same posterior (the latents and the correlated part carry their
 neighbours' information); where the model misses a strong line, the white part's heavy tail lets the
 measurement win. R^-1 needs the posterior of g, whose precision T = K^-1 + A D^-1 A is tridiagonal: its

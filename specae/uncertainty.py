@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from specae.errormodel import latent_distance, variance_factor
 from specae.errors import SpecaeError
 
